@@ -1,0 +1,258 @@
+"""Configuration: every field of the package, the dataset presets and their validation.
+
+`configs/*.py` files start from `default_config(preset)` and override a few fields. `validate`
+checks every field (type, range, contradictions) before anything compiles.
+"""
+
+import ml_collections
+
+PRESETS = ("digits", "cifar10", "cifar100", "stl10")
+
+
+def base_config():
+  """Every field of the package, with the values of the embedded `digits` preset."""
+  c = ml_collections.ConfigDict()
+  c.seed = 1337
+
+  # Data. `digits` is scikit-learn's bundled 8x8 digits (no network), upsampled on the device.
+  c.dataset = "digits"
+  c.data_dir = None            # tfds data_dir; None = tfds's default (honours TFDS_DATA_DIR).
+  c.download = False           # tfds presets only: never download unless asked.
+  c.split_seed = 0             # digits: the train/test split is fixed by this seed.
+  c.test_fraction = 0.2        # digits: share of the 1,797 images held out for evaluation.
+  c.image_size = 16            # side of the images the encoder sees (digits: 8 -> 16).
+
+  # Encoder: a Linen ResNet and a projection MLP to the embedding.
+  c.model = "resnet_digits"    # resnet_digits | resnet18 | resnet50
+  c.stem = "cifar"             # cifar (3x3, stride 1, no max-pool) | imagenet (7x7/2 + max-pool)
+  c.width = 32                 # channels of the first stage (resnet_digits only)
+  c.head_hidden = 256          # projection MLP hidden width
+  c.embedding_dim = 128
+  c.sync_batch_norm = True     # BatchNorm statistics over the global batch (all devices)
+
+  # Method: which pool, which negatives, which bound (see method-spec.md).
+  c.method = "ir"              # ir
+  c.negatives = "uniform"      # uniform | ball | ring
+  c.bound = "infonce"          # infonce | nce (IR's original binary NCE)
+  c.num_negatives = 1024       # K: negatives per anchor (the cap is log(K + 1))
+  c.temperature = 0.07
+  c.bank_momentum = 0.0        # M[i] <- normalise(m M[i] + (1 - m) z); the paper: m = 0
+  c.candidates = 0             # 0: exact band over the whole bank; M > 0: band over M random rows
+  c.views = "digits"           # view recipe name (mi_contrast.views.RECIPES)
+
+  # The ring (authors' parameterisation): outer fraction rho_o annealed, inner fraction rho_i.
+  c.ring = ml_collections.ConfigDict()
+  c.ring.schedule = "linear"   # constant | linear | step | exponential | cosine | adaptive
+  c.ring.outer_start = 1.0     # rho_o at step 0 (easy: almost the whole bank)
+  c.ring.outer = 0.1           # rho_o at the end of annealing (hard)
+  c.ring.inner = 0.1           # rho_i (constant)
+  c.ring.dynamic_inner = True  # inner cut = rho_i * outer cut (reference); False: rho_i * P
+  c.ring.anneal_fraction = 0.5 # anneal over this fraction of training, then hold
+  c.ring.exponential_rate = 0.5  # exponential schedule: decay per epoch
+  c.ring.adaptive_delta = 0.01   # adaptive schedule: step of rho_o per recorded loss
+  c.ring.adaptive_window = 10    # adaptive schedule: losses averaged for the comparison
+
+  # Optimisation (reference: SGD lr 0.03, momentum 0.9, wd 1e-4, batch 256).
+  c.global_batch_size = 256
+  c.num_epochs = 60
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.weight_decay = 5e-4
+  c.lr_schedule = "cosine"     # cosine | step (x0.1 at 68% and 83%) | constant
+  c.warmup_epochs = 2
+
+  # Evaluation, logging, checkpoints.
+  c.knn_k = 20                 # weighted kNN neighbours (200 for CIFAR-size data)
+  c.knn_temperature = 0.07
+  c.eval_every_steps = 100
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = 100
+  c.keep_checkpoints = 2
+  c.probe_epochs = 100         # linear probe on frozen backbone features
+  c.probe_learning_rate = 0.1
+  c.probe_weight_decay = 1e-4
+  c.probe_batch_size = 256
+  return c
+
+
+def apply_preset(c, preset):
+  """Overrides the dataset-dependent fields for a preset; raises on unknown names."""
+  if preset is None or preset == "":
+    preset = "digits"
+  if preset not in PRESETS:
+    raise ValueError(f"config dataset preset: unknown preset {preset!r}; allowed values: "
+                     f"{', '.join(PRESETS)} (e.g. --config=configs/ring.py:cifar10).")
+  c.dataset = preset
+  if preset == "digits":
+    return c
+  # Reference hyper-parameters for CIFAR / STL (method-spec.md section 7).
+  c.model = "resnet18"
+  c.stem = "cifar"
+  c.head_hidden = 512
+  c.image_size = 96 if preset == "stl10" else 32
+  c.num_negatives = 4095
+  c.num_epochs = 200
+  c.learning_rate = 0.03
+  c.weight_decay = 1e-4
+  c.lr_schedule = "step"
+  c.warmup_epochs = 0
+  c.views = "ir"
+  c.knn_k = 200
+  c.eval_every_steps = 2000
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2000
+  c.keep_checkpoints = 3
+  c.probe_learning_rate = 0.01
+  c.probe_weight_decay = 1e-5
+  return c
+
+
+def default_config(preset=None):
+  """The default (IR, uniform negatives) configuration for a dataset preset."""
+  return apply_preset(base_config(), preset)
+
+
+METHODS = ("ir",)
+NEGATIVES = ("uniform", "ball", "ring")
+BOUNDS = ("infonce", "nce")
+MODELS = ("resnet_digits", "resnet18", "resnet50")
+STEMS = ("cifar", "imagenet")
+LR_SCHEDULES = ("cosine", "step", "constant")
+RING_SCHEDULES = ("constant", "linear", "step", "exponential", "cosine", "adaptive")
+
+
+def _fail(field, value, allowed):
+  raise ValueError(f"config.{field} = {value!r} is not allowed; allowed values: {allowed}.")
+
+
+def _check_keys(config, reference, prefix=""):
+  for key in config.keys():
+    if key not in reference:
+      raise ValueError(f"config.{prefix}{key} is not a known field; known fields: "
+                       f"{', '.join(sorted(reference.keys()))}.")
+    if isinstance(reference[key], ml_collections.ConfigDict):
+      if not isinstance(config[key], ml_collections.ConfigDict):
+        _fail(prefix + key, config[key], "a ConfigDict of fields " + ", ".join(reference[key]))
+      _check_keys(config[key], reference[key], prefix + key + ".")
+  for key in reference.keys():
+    if key not in config:
+      raise ValueError(f"config.{prefix}{key} is missing; start from configs/default.py.")
+
+
+def _number(config, field, low, high, *, integer=False, low_open=False, high_open=False):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  kind = (int,) if integer else (int, float)
+  if isinstance(value, bool) or not isinstance(value, kind):
+    _fail(field, value, "an integer" if integer else "a number")
+  bad_low = value <= low if low_open else value < low
+  bad_high = high is not None and (value >= high if high_open else value > high)
+  if bad_low or bad_high:
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    _fail(field, value, f"{lo}{low}, {high if high is not None else 'inf'}{hi}")
+  return value
+
+
+def _choice(config, field, allowed):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  if value not in allowed:
+    _fail(field, value, " | ".join(allowed))
+  return value
+
+
+def ring_quantiles(outer, inner, dynamic_inner):
+  """(lower, upper) similarity quantiles of the ring for outer/inner fractions (1.0 = nearest)."""
+  upper_cut = inner * outer if dynamic_inner else inner
+  return 1.0 - outer, 1.0 - upper_cut
+
+
+def validate(config, *, num_devices, num_train=None):
+  """Checks every field; raises ValueError naming the field and the allowed values.
+
+  Args:
+    config: a ConfigDict built from `default_config`.
+    num_devices: devices the global batch is split over.
+    num_train: training-set size (the memory bank's rows), when known.
+  """
+  _check_keys(config, base_config())
+  _choice(config, "dataset", PRESETS)
+  _choice(config, "method", METHODS)
+  _choice(config, "negatives", NEGATIVES)
+  _choice(config, "bound", BOUNDS)
+  _choice(config, "model", MODELS)
+  _choice(config, "stem", STEMS)
+  _choice(config, "lr_schedule", LR_SCHEDULES)
+  _choice(config, "ring.schedule", RING_SCHEDULES)
+  for field in ("download", "sync_batch_norm", "ring.dynamic_inner"):
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    if not isinstance(value, bool):
+      _fail(field, value, "True | False")
+  if config.data_dir is not None and not isinstance(config.data_dir, str):
+    _fail("data_dir", config.data_dir, "None or a directory path")
+  _number(config, "seed", 0, None, integer=True)
+  _number(config, "split_seed", 0, None, integer=True)
+  _number(config, "test_fraction", 0.0, 1.0, low_open=True, high_open=True)
+  _number(config, "image_size", 8, 1024, integer=True)
+  _number(config, "width", 1, 4096, integer=True)
+  _number(config, "head_hidden", 1, None, integer=True)
+  _number(config, "embedding_dim", 1, None, integer=True)
+  _number(config, "temperature", 0.0, None, low_open=True)
+  _number(config, "bank_momentum", 0.0, 1.0, high_open=True)
+  _number(config, "candidates", 0, None, integer=True)
+  num_negatives = _number(config, "num_negatives", 1, None, integer=True)
+  if num_train is not None and num_negatives > num_train:
+    _fail("num_negatives", num_negatives,
+          f"at most the memory bank's size ({num_train} training images)")
+  if config.candidates and num_train is not None and config.candidates > num_train:
+    _fail("candidates", config.candidates, f"0 (exact band) or 1..{num_train} (bank rows)")
+  if config.bound == "nce" and config.negatives != "uniform":
+    _fail("bound", config.bound, "infonce with ball or ring negatives (IR's NCE assumes uniform "
+          "noise 1/N; set config.negatives = 'uniform' to use it)")
+  if not isinstance(config.views, str):
+    _fail("views", config.views, "a recipe name from mi_contrast.views.RECIPES")
+
+  ring = config.ring
+  _number(config, "ring.outer_start", 0.0, 1.0, low_open=True)
+  _number(config, "ring.outer", 0.0, 1.0, low_open=True)
+  _number(config, "ring.inner", 0.0, 1.0, high_open=True)
+  _number(config, "ring.anneal_fraction", 0.0, 1.0, low_open=True)
+  _number(config, "ring.exponential_rate", 0.0, None, low_open=True)
+  _number(config, "ring.adaptive_delta", 0.0, 1.0, low_open=True)
+  _number(config, "ring.adaptive_window", 1, None, integer=True)
+  if config.negatives in ("ring", "ball"):
+    for outer in (ring.outer_start, ring.outer):
+      lower, upper = ring_quantiles(outer, 0.0 if config.negatives == "ball" else ring.inner,
+                                    ring.dynamic_inner)
+      if lower >= upper:
+        raise ValueError(
+            f"config.ring: the ring's lower quantile {lower:.4g} (1 - outer = 1 - {outer}) is not "
+            f"below its upper quantile {upper:.4g} (from ring.inner = {ring.inner}); with "
+            f"ring.dynamic_inner = False, ring.inner must be below both ring.outer_start and "
+            f"ring.outer (allowed: 0 <= inner < outer <= 1).")
+
+  batch = _number(config, "global_batch_size", 1, None, integer=True)
+  if batch % num_devices:
+    _fail("global_batch_size", batch, f"a multiple of the device count ({num_devices})")
+  if num_train is not None and batch > num_train:
+    _fail("global_batch_size", batch, f"at most the training-set size ({num_train})")
+  _number(config, "num_epochs", 1, None, integer=True)
+  _number(config, "learning_rate", 0.0, None, low_open=True)
+  _number(config, "momentum", 0.0, 1.0, high_open=True)
+  _number(config, "weight_decay", 0.0, None)
+  _number(config, "warmup_epochs", 0, None, integer=True)
+  if config.warmup_epochs >= config.num_epochs:
+    _fail("warmup_epochs", config.warmup_epochs, f"0..{config.num_epochs - 1} (below num_epochs)")
+  _number(config, "knn_k", 1, None, integer=True)
+  _number(config, "knn_temperature", 0.0, None, low_open=True)
+  for field in ("eval_every_steps", "log_every_steps", "checkpoint_every_steps",
+                "keep_checkpoints", "probe_epochs", "probe_batch_size"):
+    _number(config, field, 1, None, integer=True)
+  _number(config, "probe_learning_rate", 0.0, None, low_open=True)
+  _number(config, "probe_weight_decay", 0.0, None)
+  return config

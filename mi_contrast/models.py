@@ -1,0 +1,142 @@
+"""Encoders: the ResNet family (Flax Linen) with a projection head.
+
+`ContrastiveEncoder(images) -> (h, z)`: h are the pooled backbone features (what linear
+evaluation and export use), z the un-normalised projection (what the contrastive bound uses;
+methods L2-normalise it). Module names follow torchvision's layout (conv1, bn1, layer{s}_{b}
+with conv1/bn1/conv2/bn2[/conv3/bn3] and downsample_conv/downsample_bn) so that export is a
+renaming.
+
+BatchNorm: with `bn_axis_name='batch'` and inside a `shard_map` over that axis, training-mode
+statistics are averaged over every device (global-batch BN), so a step computes the same
+function on 1 or 8 devices.
+"""
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# (block, stages) per depth, as in He et al. 2016.
+ARCHITECTURES = {
+    "resnet_digits": ("basic", (1, 1, 1)),
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+}
+
+
+class _Block(nn.Module):
+  features: int
+  strides: int
+  bottleneck: bool
+  norm: type
+
+  @nn.compact
+  def __call__(self, x):
+    conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
+                                         use_bias=False, name=name)
+    out_features = self.features * (4 if self.bottleneck else 1)
+    residual = x
+    if self.bottleneck:
+      y = nn.relu(self.norm(name="bn1")(conv(self.features, 1, 1, "conv1")(x)))
+      y = nn.relu(self.norm(name="bn2")(conv(self.features, 3, self.strides, "conv2")(y)))
+      y = self.norm(name="bn3")(
+          conv(out_features, 1, 1, "conv3")(y))
+    else:
+      y = nn.relu(self.norm(name="bn1")(conv(self.features, 3, self.strides, "conv1")(x)))
+      y = self.norm(name="bn2")(
+          conv(out_features, 3, 1, "conv2")(y))
+    if residual.shape[-1] != out_features or self.strides != 1:
+      residual = conv(out_features, 1, self.strides, "downsample_conv")(residual)
+      residual = self.norm(name="downsample_bn")(residual)
+    return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+  """ResNet backbone; returns pooled features [B, C_last].
+
+  Attributes:
+    stages: blocks per stage.
+    bottleneck: bottleneck (ResNet-50) or basic (ResNet-18) blocks.
+    width: channels of the first stage; stage s has width * 2**s (times 4 for bottlenecks).
+    stem: 'cifar' (3x3 conv, stride 1, no max-pool: 32 px inputs) or 'imagenet' (7x7/2 conv +
+      3x3/2 max-pool).
+    bn_axis_name: axis to average BatchNorm statistics over in training, or None.
+  """
+  stages: Sequence[int]
+  bottleneck: bool = False
+  width: int = 64
+  stem: str = "cifar"
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                     axis_name=self.bn_axis_name if train else None, **kw)
+    if self.stem == "cifar":
+      x = nn.Conv(self.width, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False, name="conv1")(x)
+      x = nn.relu(norm(name="bn1")(x))
+    elif self.stem == "imagenet":
+      x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
+                  name="conv1")(x)
+      x = nn.relu(norm(name="bn1")(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+    else:
+      raise ValueError(f"stem {self.stem!r}: allowed values are 'cifar' and 'imagenet'.")
+    for s, num_blocks in enumerate(self.stages):
+      for b in range(num_blocks):
+        x = _Block(self.width * 2**s, 2 if (s > 0 and b == 0) else 1, self.bottleneck, norm,
+                   name=f"layer{s + 1}_{b}")(x)
+    return jnp.mean(x, axis=(1, 2))
+
+
+class ProjectionHead(nn.Module):
+  """MLP head h -> z: Linear, BatchNorm, ReLU, Linear (512-512-128 in the reference).
+
+  The BatchNorm centres the hidden layer: without it the ReLU features of a freshly initialised
+  network give embeddings with pairwise cosine ~0.98, and a memory-bank method whose early
+  positives are still random rows can collapse onto that common direction.
+  """
+  hidden: int
+  out: int
+  norm: type
+
+  @nn.compact
+  def __call__(self, h):
+    x = nn.relu(self.norm(name="bn1")(nn.Dense(self.hidden, use_bias=False, name="fc1")(h)))
+    return self.norm(name="bn2", use_scale=False, use_bias=False)(
+        nn.Dense(self.out, use_bias=False, name="fc2")(x))
+
+
+class ContrastiveEncoder(nn.Module):
+  """Backbone plus projection head: images [B, H, W, C] -> (h [B, F], z [B, embedding_dim])."""
+  arch: str = "resnet18"
+  width: int = 64
+  stem: str = "cifar"
+  head_hidden: int = 512
+  embedding_dim: int = 128
+  bn_axis_name: Optional[str] = None
+  mean: Sequence[float] = (0.5,)
+  std: Sequence[float] = (0.25,)
+
+  @nn.compact
+  def __call__(self, images, train: bool = True):
+    if self.arch not in ARCHITECTURES:
+      raise ValueError(f"model {self.arch!r}: allowed values are {', '.join(ARCHITECTURES)}.")
+    block, stages = ARCHITECTURES[self.arch]
+    x = (images - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+    h = ResNet(stages, block == "bottleneck", self.width, self.stem, self.bn_axis_name,
+               name="backbone")(x, train)
+    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                     axis_name=self.bn_axis_name if train else None, **kw)
+    z = ProjectionHead(self.head_hidden, self.embedding_dim, norm, name="head")(h)
+    return h, z
+
+
+def build_encoder(config, mean, std, bn_axis_name="batch"):
+  """The encoder a config asks for (ResNet-18/50 use width 64, the digits ResNet config.width)."""
+  width = config.width if config.model == "resnet_digits" else 64
+  return ContrastiveEncoder(arch=config.model, width=width, stem=config.stem,
+                            head_hidden=config.head_hidden, embedding_dim=config.embedding_dim,
+                            bn_axis_name=bn_axis_name if config.sync_batch_norm else None,
+                            mean=tuple(mean), std=tuple(std))

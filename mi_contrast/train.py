@@ -1,0 +1,509 @@
+"""Training: the train state, the sharded step, the loop, checkpoints, logging and results.
+
+One step, written per device as under pmap (collectives on the axis 'batch') and wrapped in
+`jax.jit(jax.shard_map(...))` over a 1-D mesh of every device:
+  indices  <- permutation(seed, epoch)[step's slice], this device's share of the global batch
+  views    <- make_views(key(seed, step), images[indices], image_ids=indices)
+  z        <- normalise(encoder(views)), BatchNorm statistics over the global batch
+  objective<- method (bank scores, ring/ball/uniform negatives, bound), loss = -mean(value)
+  params   <- optax update with gradients averaged over devices
+  bank     <- updated with the all-gathered (indices, z), identical on every replica
+Data order and randomness are functions of (seed, step) only, so a run restarted from a
+checkpoint continues exactly, and the device count never changes the math.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mi_contrast import config as config_lib
+from mi_contrast import evaluate
+from mi_contrast import input_pipeline
+from mi_contrast import memory
+from mi_contrast import methods
+from mi_contrast import models
+from mi_contrast import schedules
+from mi_contrast import views as views_lib
+from mi_contrast import writers
+
+AXIS = "batch"
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  method_state: Any
+  ring_state: Any          # adaptive ring schedule state (schedules.AdaptiveState)
+  rng: jax.Array           # raw uint32[2] key: the run's root randomness
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks.
+# ----------------------------------------------------------------------------------------------
+
+
+def make_mesh(devices=None):
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (AXIS,))
+
+
+def steps_per_epoch(config, num_train):
+  return num_train // config.global_batch_size
+
+
+def total_steps(config, num_train):
+  return config.num_epochs * steps_per_epoch(config, num_train)
+
+
+def make_optimizer(config, num_train):
+  spe = steps_per_epoch(config, num_train)
+  total = total_steps(config, num_train)
+  warmup = config.warmup_epochs * spe
+  lr = config.learning_rate
+  if config.lr_schedule == "cosine":
+    main = optax.cosine_decay_schedule(lr, max(1, total - warmup))
+  elif config.lr_schedule == "step":
+    main = optax.piecewise_constant_schedule(
+        lr, {int(0.68 * total) - warmup: 0.1, int(0.83 * total) - warmup: 0.1})
+  else:
+    main = optax.constant_schedule(lr)
+  schedule = (optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+              if warmup else main)
+  tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                   optax.sgd(schedule, momentum=config.momentum))
+  return tx, schedule
+
+
+def make_band_fn(config, num_train):
+  """(step, ring_state) -> (Band, outer fraction): traced, so annealing never recompiles."""
+  spe = steps_per_epoch(config, num_train)
+  total = total_steps(config, num_train)
+  ring = config.ring
+  if ring.schedule == "adaptive":
+    outer_of = lambda step, state: state.value
+  else:
+    fn = schedules.build(ring.schedule, init=ring.outer_start, final=ring.outer,
+                         anneal_steps=max(1, int(round(ring.anneal_fraction * total))),
+                         steps_per_epoch=spe, rate=ring.exponential_rate, name="config.ring")
+    outer_of = lambda step, state: fn(step)
+
+  def band(step, state):
+    outer = jnp.asarray(outer_of(step, state), jnp.float32)
+    inner = 0.0 if config.negatives == "ball" else ring.inner
+    lower, upper = config_lib.ring_quantiles(outer, inner, ring.dynamic_inner)
+    if config.negatives == "ball":
+      upper = jnp.float32(1.0)
+    return methods.Band(jnp.asarray(lower, jnp.float32), jnp.asarray(upper, jnp.float32)), outer
+
+  return band
+
+
+def create_train_state(config, model, tx, method, num_train, image_shape):
+  root = jax.random.PRNGKey(config.seed)
+  dummy = jnp.zeros((2,) + tuple(image_shape), jnp.float32)
+  variables = model.clone(bn_axis_name=None).init(jax.random.fold_in(root, 0), dummy, train=False)
+  params = variables["params"]
+  ring_state = schedules.adaptive_init(config.ring.outer_start, config.ring.adaptive_window)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
+      opt_state=tx.init(params),
+      method_state=method.init_state(jax.random.fold_in(root, 3), config, num_train),
+      ring_state=ring_state, rng=root)
+
+
+def gather_replicated(x):
+  """[n, ...] per device -> [devices * n, ...] in device order, identical on every device.
+
+  A psum of each device's block placed at its offset: unlike all_gather, its result is typed
+  as replicated, so state built from it (the bank, the queue) can leave shard_map as P().
+  """
+  num = jax.lax.axis_size(AXIS)
+  blocks = jnp.zeros((num,) + x.shape, x.dtype).at[jax.lax.axis_index(AXIS)].set(x)
+  return jax.lax.psum(blocks, AXIS).reshape((num * x.shape[0],) + x.shape[1:])
+
+
+def make_train_step(config, model, tx, method, num_train, mesh):
+  """The jitted step: (state, train_images) -> (state, metrics); state replicated."""
+  num_devices = mesh.devices.size
+  spe = steps_per_epoch(config, num_train)
+  batch = config.global_batch_size
+  local = batch // num_devices
+  recipes = [config.views] * method.NUM_VIEWS
+  band_fn = make_band_fn(config, num_train)
+  _, lr_schedule = make_optimizer(config, num_train)
+
+  def per_device(state, train_images):
+    step = state.step
+    data_key = jax.random.fold_in(state.rng, 1)
+    order = jax.random.permutation(jax.random.fold_in(data_key, step // spe), num_train)
+    global_idx = jax.lax.dynamic_slice(order, ((step % spe) * batch,), (batch,))
+    indices = global_idx.reshape(num_devices, local)[jax.lax.axis_index(AXIS)]
+    step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 2), step)
+    images = input_pipeline.as_float(train_images[indices])
+    views = views_lib.make_views(jax.random.fold_in(step_key, 0), images, recipes,
+                                 image_ids=indices)
+    num_views = views.shape[0]
+    band, outer = band_fn(step, state.ring_state)
+
+    def loss_fn(params):
+      flat = views.reshape((num_views * local,) + views.shape[2:])
+      (_, z), updated = model.apply({"params": params, "batch_stats": state.batch_stats}, flat,
+                                    train=True, mutable=["batch_stats"])
+      z = memory.l2_normalize(z.astype(jnp.float32)).reshape(num_views, local, -1)
+      out = method.objective(config, z, indices, state.method_state,
+                             jax.random.fold_in(step_key, 1), band)
+      return -jnp.mean(out.value), (out, z, updated["batch_stats"])
+
+    (loss, (out, z, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    # Replicated parameters: the gradient of this device's loss arrives summed over devices.
+    grads = jax.tree.map(lambda g: g / num_devices, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    all_idx = gather_replicated(indices)
+    all_z = jax.vmap(gather_replicated)(jax.lax.stop_gradient(z))
+    method_state = method.update_state(config, state.method_state, all_idx, all_z)
+    loss = jax.lax.pmean(loss, AXIS)
+    ring_state = state.ring_state
+    if config.ring.schedule == "adaptive":
+      ring_state = schedules.adaptive_update(
+          ring_state, loss, delta=config.ring.adaptive_delta, lower=config.ring.outer,
+          upper=config.ring.outer_start, mode="loss")
+    metrics = {
+        "loss": loss,
+        "bound_nats": jax.lax.pmean(jnp.mean(out.bound), AXIS),
+        "log_k_plus_1": jax.lax.pmean(jnp.mean(out.cap), AXIS),
+        "band_lower": band.lower,
+        "band_upper": band.upper,
+        "ring_outer": outer,
+        "learning_rate": lr_schedule(step),
+    }
+    new_state = state.replace(step=step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, method_state=method_state,
+                              ring_state=ring_state)
+    return new_state, metrics
+
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints.
+# ----------------------------------------------------------------------------------------------
+
+
+def _state_dict(state):
+  return flax.serialization.to_state_dict(state)
+
+
+def checkpoint_manager(workdir, config):
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def restore_latest(manager, state, sharding):
+  """Restores the newest readable checkpoint into `state`'s structure; None if there is none.
+
+  A corrupt or half-written newest checkpoint falls back to the previous one with a warning.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        _state_dict(state))
+  errors = []
+  for step in steps:
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # orbax raises many types for damaged files
+      logging.warning("checkpoint at step %d is unreadable (%s: %s); trying an older one.",
+                      step, type(e).__name__, e)
+      errors.append(f"step {step}: {type(e).__name__}: {e}")
+      continue
+    return flax.serialization.from_state_dict(state, restored), step
+  if steps:
+    raise RuntimeError(f"{manager.directory} holds checkpoints {steps} but none can be read:\n  "
+                       + "\n  ".join(errors) + "\nMove them aside to start from scratch.")
+  return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Results.
+# ----------------------------------------------------------------------------------------------
+
+
+def params_digest(params):
+  """(sha256 hex of the parameters' bytes in tree order, L2 norm of all parameters)."""
+  digest = hashlib.sha256()
+  total = 0.0
+  for leaf in jax.tree.leaves(params):
+    array = np.ascontiguousarray(np.asarray(leaf, np.float32))
+    digest.update(array.tobytes())
+    total += float(np.sum(array.astype(np.float64) ** 2))
+  return digest.hexdigest(), math.sqrt(total)
+
+
+def probe_model(config, model, variables, data, images, mesh):
+  """kNN / 1-NN on unit embeddings and the linear probe on backbone features."""
+  train_h, train_z = evaluate.extract_features(model, variables, images["train"], mesh)
+  test_h, test_z = evaluate.extract_features(model, variables, images["test"], mesh)
+  knn, nn1 = evaluate.knn_accuracy(train_z, data.train_labels, test_z, data.test_labels,
+                                   k=config.knn_k, temperature=config.knn_temperature,
+                                   num_classes=data.num_classes)
+  probe = evaluate.linear_probe(train_h, data.train_labels, test_h, data.test_labels,
+                                **probe_options(config, data))
+  return {"knn_top1": knn, "nn1_top1": nn1, "linear_top1": probe["top1"],
+          "linear_top5": probe["top5"]}
+
+
+def probe_options(config, data):
+  return dict(num_classes=data.num_classes, epochs=config.probe_epochs,
+              learning_rate=config.probe_learning_rate, weight_decay=config.probe_weight_decay,
+              batch_size=config.probe_batch_size, seed=config.seed)
+
+
+def _write_json(path, payload):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+class _Preemption:
+  """SIGTERM -> checkpoint at the next step boundary, then a clean exit."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_resume_config(workdir, config):
+  """The workdir's saved config must agree with this one on what the checkpoint holds."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    keys = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim", "method",
+            "global_batch_size", "seed", "split_seed", "test_fraction", "image_size")
+    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
+             for k in keys if saved.get(k) != current.get(k)]
+    if diffs:
+      raise ValueError(f"{workdir} holds a run with another configuration:\n  "
+                       + "\n  ".join(diffs) + "\nUse a new --workdir, or the same config.")
+  return current
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunOutcome:
+  results: dict
+  preempted: bool = False
+
+
+def train_and_evaluate(config, workdir, *, stop_after_steps=None):
+  """Trains (resuming from `workdir`'s newest checkpoint), evaluates, writes results.json.
+
+  Args:
+    config: a ConfigDict from configs/*.py.
+    workdir: directory for checkpoints, metrics and results.
+    stop_after_steps: stop (with a checkpoint) once this step is reached; for tests of resume.
+  Returns:
+    RunOutcome with the results dict (also written to workdir/results.json when finished).
+  """
+  start_time = time.time()
+  mesh = make_mesh()
+  num_devices = mesh.devices.size
+  config_lib.validate(config, num_devices=num_devices)
+  method = methods.get(config.method)
+  views_lib.normalize_recipe(config.views)
+  data = input_pipeline.load_dataset(config)
+  config_lib.validate(config, num_devices=num_devices, num_train=data.num_train)
+  is_lead = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint_manager(workdir, config)
+  config_json = _check_resume_config(workdir, config) if manager.all_steps() else None
+
+  replicated = NamedSharding(mesh, P())
+  images = {
+      "train": input_pipeline.to_device(data.train_images, config.image_size, replicated),
+      "test": input_pipeline.to_device(data.test_images, config.image_size, replicated),
+  }
+  mean, std = data.channel_stats()
+  model = models.build_encoder(config, mean, std, bn_axis_name=AXIS)
+  tx, _ = make_optimizer(config, data.num_train)
+  image_shape = images["train"].shape[1:]
+  init_state = create_train_state(config, model, tx, method, data.num_train, image_shape)
+  num_steps = total_steps(config, data.num_train)
+
+  restored = restore_latest(manager, init_state, replicated)
+  if restored is None:
+    state, resumed_from = jax.device_put(init_state, replicated), 0
+    if is_lead:
+      _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+  else:
+    state, resumed_from = restored
+    logging.info("Resuming from the checkpoint at step %d of %d.", resumed_from, num_steps)
+  del config_json
+
+  writer = writers.create(workdir, is_lead=is_lead)
+  if resumed_from == 0:
+    writer.write_hparams({k: v for k, v in json.loads(config.to_json()).items()
+                          if not isinstance(v, dict)})
+  train_step = make_train_step(config, model, tx, method, data.num_train, mesh)
+  band_fn = make_band_fn(config, data.num_train)
+  band_start = [float(x) for x in band_fn(0, init_state.ring_state)[0]]
+
+  pending = []        # (step, device metrics) not yet fetched: no host sync per step
+  last_good = resumed_from if resumed_from else None
+  step = resumed_from
+  last_metrics = {}
+  progress = writers.Progress(num_steps, resumed_from, config.global_batch_size, num_devices)
+  preempted = False
+  stop_at = num_steps if stop_after_steps is None else min(num_steps, stop_after_steps)
+
+  def flush_metrics():
+    nonlocal pending, last_metrics
+    if not pending:
+      return
+    fetched = jax.device_get(pending)
+    pending = []
+    for s, m in fetched:
+      m = {k: float(v) for k, v in m.items()}
+      if not math.isfinite(m["loss"]):
+        where = (f"the last good checkpoint is step {last_good} in {manager.directory}"
+                 if last_good is not None else "no checkpoint was written yet")
+        raise FloatingPointError(
+            f"non-finite loss {m['loss']} at step {s}; stopping without checkpointing the bad "
+            f"state ({where}). Lower config.learning_rate or check the data.")
+      last_metrics = m
+    writer.write_scalars(fetched[-1][0], last_metrics)
+    progress.report(fetched[-1][0], last_metrics)
+
+  def save(at_step):
+    nonlocal last_good
+    flush_metrics()  # never checkpoint a state whose loss is not finite
+    manager.save(at_step, args=ocp.args.StandardSave(_state_dict(state)), force=True)
+    manager.wait_until_finished()
+    last_good = at_step
+
+  with _Preemption() as preemption:
+    while step < stop_at:
+      state, metrics = train_step(state, images["train"])
+      step += 1
+      pending.append((step, metrics))
+      if step % config.log_every_steps == 0 or step == stop_at:
+        flush_metrics()
+      if step % config.eval_every_steps == 0 and step < num_steps:
+        knn = probe_knn(config, model, state, data, images, mesh)
+        writer.write_scalars(step, knn)
+        logging.info("step %d: kNN top-1 %.4f, 1-NN top-1 %.4f", step, knn["knn_top1"],
+                     knn["nn1_top1"])
+      if step % config.checkpoint_every_steps == 0 or step == stop_at:
+        save(step)
+      if preemption.requested:
+        if last_good != step:
+          save(step)
+        logging.warning("SIGTERM: checkpoint written at step %d; the same command resumes.",
+                        step)
+        preempted = True
+        break
+    flush_metrics()
+
+  if step < num_steps:
+    writer.flush()
+    return RunOutcome({"steps": step, "resumed_from_step": resumed_from}, preempted=preempted)
+
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  final = probe_model(config, model, variables, data, images, mesh)
+  # The untrained network, built again (the initial buffers were donated to the first step).
+  fresh = create_train_state(config, model, tx, method, data.num_train, image_shape)
+  init_vars = {"params": fresh.params, "batch_stats": fresh.batch_stats}
+  random_init = probe_model(config, model, init_vars, data, images, mesh)
+  raw = evaluate.linear_probe(np.asarray(images["train"]), data.train_labels,
+                              np.asarray(images["test"]), data.test_labels,
+                              **probe_options(config, data))
+  final_band = band_fn(step - 1, state.ring_state)[0]
+  sha, l2 = params_digest(state.params)
+  if not last_metrics:  # a finished run started again: its last logged training metrics
+    last_metrics = writers.last_scalars(workdir, ("loss", "bound_nats", "log_k_plus_1"))
+  results = {
+      "method": config.method,
+      "negatives": config.negatives,
+      "bound": config.bound,
+      "dataset": config.dataset,
+      "knn_top1": final["knn_top1"],
+      "nn1_top1": final["nn1_top1"],
+      "linear_top1": final["linear_top1"],
+      "linear_top5": final["linear_top5"],
+      "raw_pixels_linear_top1": raw["top1"],
+      "random_init_knn_top1": random_init["knn_top1"],
+      "random_init_nn1_top1": random_init["nn1_top1"],
+      "random_init_linear_top1": random_init["linear_top1"],
+      "bound_nats": last_metrics["bound_nats"],
+      "log_k_plus_1": last_metrics["log_k_plus_1"],
+      "loss": last_metrics["loss"],
+      "band_start": band_start if config.negatives != "uniform" else None,
+      "band_end": ([float(x) for x in final_band] if config.negatives != "uniform" else None),
+      "steps": step,
+      "resumed_from_step": resumed_from,
+      "wall_seconds": time.time() - start_time,
+      "params_sha256": sha,
+      "params_l2": l2,
+      "num_devices": num_devices,
+      "num_train": data.num_train,
+      "num_test": int(len(data.test_labels)),
+  }
+  writer.write_scalars(step, {k: v for k, v in final.items()})
+  writer.flush()
+  if is_lead:
+    _write_json(os.path.join(workdir, "results.json"), results)
+  logging.info("results: %s", json.dumps(results, sort_keys=True))
+  return RunOutcome(results)
+
+
+def probe_knn(config, model, state, data, images, mesh):
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  _, train_z = evaluate.extract_features(model, variables, images["train"], mesh)
+  _, test_z = evaluate.extract_features(model, variables, images["test"], mesh)
+  knn, nn1 = evaluate.knn_accuracy(train_z, data.train_labels, test_z, data.test_labels,
+                                   k=config.knn_k, temperature=config.knn_temperature,
+                                   num_classes=data.num_classes)
+  return {"knn_top1": knn, "nn1_top1": nn1}
