@@ -25,7 +25,7 @@ def base_config():
   # Encoder: a Linen ResNet and a projection MLP to the embedding.
   c.model = "resnet_digits"    # resnet_digits | resnet18 | resnet50
   c.stem = "cifar"             # cifar (3x3, stride 1, no max-pool) | imagenet (7x7/2 + max-pool)
-  c.width = 32                 # channels of the first stage (resnet_digits only)
+  c.width = 16                 # channels of the first stage (resnet_digits only)
   c.head_hidden = 256          # projection MLP hidden width
   c.embedding_dim = 128
   c.sync_batch_norm = True     # BatchNorm statistics over the global batch (all devices)
@@ -53,24 +53,25 @@ def base_config():
   c.ring.adaptive_window = 10    # adaptive schedule: losses averaged for the comparison
 
   # Optimisation (reference: SGD lr 0.03, momentum 0.9, wd 1e-4, batch 256).
-  c.global_batch_size = 256
-  c.num_epochs = 60
-  c.learning_rate = 0.1
+  c.global_batch_size = 128
+  c.num_epochs = 40
+  c.learning_rate = 0.06
   c.momentum = 0.9
   c.weight_decay = 5e-4
   c.lr_schedule = "cosine"     # cosine | step (x0.1 at 68% and 83%) | constant
   c.warmup_epochs = 2
 
   # Evaluation, logging, checkpoints.
-  c.knn_k = 20                 # weighted kNN neighbours (200 for CIFAR-size data)
+  c.knn_features = "backbone"  # backbone (pooled h) | embedding (projection z); L2-normalised
+  c.knn_k = 10                 # weighted kNN neighbours (200 for CIFAR-size data)
   c.knn_temperature = 0.07
-  c.eval_every_steps = 100
+  c.eval_every_steps = 200
   c.log_every_steps = 20
   c.checkpoint_every_steps = 100
   c.keep_checkpoints = 2
-  c.probe_epochs = 100         # linear probe on frozen backbone features
-  c.probe_learning_rate = 0.1
-  c.probe_weight_decay = 1e-4
+  c.probe_epochs = 300         # linear probe on frozen backbone features
+  c.probe_learning_rate = 0.3
+  c.probe_weight_decay = 1e-3
   c.probe_batch_size = 256
   return c
 
@@ -102,6 +103,8 @@ def apply_preset(c, preset):
   c.log_every_steps = 100
   c.checkpoint_every_steps = 2000
   c.keep_checkpoints = 3
+  c.global_batch_size = 256
+  c.probe_epochs = 100
   c.probe_learning_rate = 0.01
   c.probe_weight_decay = 1e-5
   return c
@@ -118,6 +121,7 @@ BOUNDS = ("infonce", "nce")
 MODELS = ("resnet_digits", "resnet18", "resnet50")
 STEMS = ("cifar", "imagenet")
 LR_SCHEDULES = ("cosine", "step", "constant")
+KNN_FEATURES = ("backbone", "embedding")
 RING_SCHEDULES = ("constant", "linear", "step", "exponential", "cosine", "adaptive")
 
 
@@ -186,6 +190,7 @@ def validate(config, *, num_devices, num_train=None):
   _choice(config, "model", MODELS)
   _choice(config, "stem", STEMS)
   _choice(config, "lr_schedule", LR_SCHEDULES)
+  _choice(config, "knn_features", KNN_FEATURES)
   _choice(config, "ring.schedule", RING_SCHEDULES)
   for field in ("download", "sync_batch_norm", "ring.dynamic_inner"):
     value = config

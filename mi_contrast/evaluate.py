@@ -56,6 +56,12 @@ def _feature_fn(model, mesh):
                                out_specs=(P("batch"), P("batch"))))
 
 
+def normalize(features):
+  """Rows scaled to unit L2 norm (host numpy)."""
+  features = np.asarray(features, np.float32)
+  return features / np.maximum(np.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+
+
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
 def _knn_chunk(test, train, train_labels, k, temperature, num_classes):
   sims = test @ train.T

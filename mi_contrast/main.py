@@ -5,6 +5,7 @@ one field. The run resumes from the workdir's newest checkpoint, and a finished 
 trained again. SIGTERM writes a checkpoint at the next step and exits 0.
 """
 
+import logging as py_logging
 import os
 import sys
 
@@ -20,12 +21,20 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietCheckpointing(py_logging.Filter):
+  """Drops orbax's per-save INFO chatter from the log; its warnings and errors stay."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that flag parsing (and --help) stays fast.
   from mi_contrast import train
   logging.get_absl_handler().python_handler.stream = sys.stdout
+  logging.get_absl_handler().addFilter(_QuietCheckpointing())
   outcome = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if outcome.preempted:
     logging.info("Preempted at step %d; run the same command to resume.",

@@ -129,17 +129,6 @@ def create_train_state(config, model, tx, method, num_train, image_shape):
       ring_state=ring_state, rng=root)
 
 
-def gather_replicated(x):
-  """[n, ...] per device -> [devices * n, ...] in device order, identical on every device.
-
-  A psum of each device's block placed at its offset: unlike all_gather, its result is typed
-  as replicated, so state built from it (the bank, the queue) can leave shard_map as P().
-  """
-  num = jax.lax.axis_size(AXIS)
-  blocks = jnp.zeros((num,) + x.shape, x.dtype).at[jax.lax.axis_index(AXIS)].set(x)
-  return jax.lax.psum(blocks, AXIS).reshape((num * x.shape[0],) + x.shape[1:])
-
-
 def make_train_step(config, model, tx, method, num_train, mesh):
   """The jitted step: (state, train_images) -> (state, metrics); state replicated."""
   num_devices = mesh.devices.size
@@ -174,12 +163,11 @@ def make_train_step(config, model, tx, method, num_train, mesh):
 
     (loss, (out, z, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    # Replicated parameters: the gradient of this device's loss arrives summed over devices.
-    grads = jax.tree.map(lambda g: g / num_devices, grads)
+    grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    all_idx = gather_replicated(indices)
-    all_z = jax.vmap(gather_replicated)(jax.lax.stop_gradient(z))
+    all_idx = jax.lax.all_gather(indices, AXIS, tiled=True)
+    all_z = jax.lax.all_gather(jax.lax.stop_gradient(z), AXIS, axis=1, tiled=True)
     method_state = method.update_state(config, state.method_state, all_idx, all_z)
     loss = jax.lax.pmean(loss, AXIS)
     ring_state = state.ring_state
@@ -201,7 +189,10 @@ def make_train_step(config, model, tx, method, num_train, mesh):
                               ring_state=ring_state)
     return new_state, metrics
 
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()))
+  # pmap semantics (check_vma=False): the per-device program states its collectives itself,
+  # and every state leaf it returns is replicated by construction (pmean, all_gather).
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()),
+                          check_vma=False)
   return jax.jit(sharded, donate_argnums=(0,))
 
 
@@ -262,16 +253,25 @@ def params_digest(params):
 
 
 def probe_model(config, model, variables, data, images, mesh):
-  """kNN / 1-NN on unit embeddings and the linear probe on backbone features."""
+  """kNN / 1-NN and the linear probe (backbone features) of a network."""
   train_h, train_z = evaluate.extract_features(model, variables, images["train"], mesh)
   test_h, test_z = evaluate.extract_features(model, variables, images["test"], mesh)
-  knn, nn1 = evaluate.knn_accuracy(train_z, data.train_labels, test_z, data.test_labels,
-                                   k=config.knn_k, temperature=config.knn_temperature,
-                                   num_classes=data.num_classes)
+  results = _knn(config, data, train_h, train_z, test_h, test_z)
   probe = evaluate.linear_probe(train_h, data.train_labels, test_h, data.test_labels,
                                 **probe_options(config, data))
-  return {"knn_top1": knn, "nn1_top1": nn1, "linear_top1": probe["top1"],
-          "linear_top5": probe["top5"]}
+  results.update(linear_top1=probe["top1"], linear_top5=probe["top5"])
+  return results
+
+
+def _knn(config, data, train_h, train_z, test_h, test_z):
+  if config.knn_features == "backbone":
+    train_f, test_f = evaluate.normalize(train_h), evaluate.normalize(test_h)
+  else:
+    train_f, test_f = train_z, test_z
+  knn, nn1 = evaluate.knn_accuracy(train_f, data.train_labels, test_f, data.test_labels,
+                                   k=config.knn_k, temperature=config.knn_temperature,
+                                   num_classes=data.num_classes)
+  return {"knn_top1": knn, "nn1_top1": nn1}
 
 
 def probe_options(config, data):
@@ -501,9 +501,6 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
 
 def probe_knn(config, model, state, data, images, mesh):
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  _, train_z = evaluate.extract_features(model, variables, images["train"], mesh)
-  _, test_z = evaluate.extract_features(model, variables, images["test"], mesh)
-  knn, nn1 = evaluate.knn_accuracy(train_z, data.train_labels, test_z, data.test_labels,
-                                   k=config.knn_k, temperature=config.knn_temperature,
-                                   num_classes=data.num_classes)
-  return {"knn_top1": knn, "nn1_top1": nn1}
+  train_h, train_z = evaluate.extract_features(model, variables, images["train"], mesh)
+  test_h, test_z = evaluate.extract_features(model, variables, images["test"], mesh)
+  return _knn(config, data, train_h, train_z, test_h, test_z)

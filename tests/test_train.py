@@ -1,0 +1,179 @@
+"""The trainer: 1-vs-8-device equality, exact resume, bad configs, a short end-to-end run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mi_contrast import config as config_lib
+from mi_contrast import input_pipeline
+from mi_contrast import methods
+from mi_contrast import models
+from mi_contrast import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(negatives="ring", **overrides):
+  c = config_lib.default_config()
+  c.negatives = negatives
+  c.width = 8
+  c.head_hidden = 32
+  c.embedding_dim = 16
+  c.num_negatives = 64
+  c.global_batch_size = 64
+  c.num_epochs = 2
+  c.warmup_epochs = 0
+  c.lr_schedule = "constant"
+  c.learning_rate = 0.05
+  c.probe_epochs = 5
+  c.eval_every_steps = 1000
+  c.log_every_steps = 5
+  c.checkpoint_every_steps = 1000
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for part in parents:
+      target = target[part]
+    target[leaf] = value
+  return c
+
+
+def _one_step(config, devices):
+  """Loss, gradients and new state after one step on a mesh of `devices`."""
+  mesh = train.make_mesh(devices)
+  replicated = NamedSharding(mesh, P())
+  data = input_pipeline.load_dataset(config)
+  images = input_pipeline.to_device(data.train_images, config.image_size, replicated)
+  mean, std = data.channel_stats()
+  model = models.build_encoder(config, mean, std)
+  method = methods.get(config.method)
+  tx, _ = train.make_optimizer(config, data.num_train)
+  state = train.create_train_state(config, model, tx, method, data.num_train, images.shape[1:])
+  params0 = jax.device_get(state.params)
+  step = train.make_train_step(config, model, tx, method, data.num_train, mesh)
+  new_state, metrics = step(jax.device_put(state, replicated), images)
+  new_params = jax.device_get(new_state.params)
+  # First SGD step with a zero momentum trace: p1 = p0 - lr * (g + wd * p0).
+  lr, wd = config.learning_rate, config.weight_decay
+  grads = jax.tree.map(lambda a, b: (a - b) / lr - wd * a, params0, new_params)
+  return jax.device_get(metrics), grads, jax.device_get(new_state)
+
+
+@pytest.mark.parametrize("negatives", ["uniform", "ring"])
+def test_one_device_and_eight_devices_agree(negatives):
+  assert jax.device_count() == 8
+  config = tiny_config(negatives)
+  m1, g1, s1 = _one_step(config, jax.devices()[:1])
+  m8, g8, s8 = _one_step(config, jax.devices())
+  assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-5)
+  assert np.isclose(m1["bound_nats"], m8["bound_nats"], rtol=1e-5, atol=1e-5)
+  flat1, flat8 = jax.tree.leaves(g1), jax.tree.leaves(g8)
+  scale = max(float(np.max(np.abs(g))) for g in flat1)
+  assert scale > 0
+  for a, b in zip(flat1, flat8):
+    np.testing.assert_allclose(a, b, atol=2e-4 * scale, rtol=2e-3)
+  np.testing.assert_allclose(s1.method_state["bank"], s8.method_state["bank"], atol=1e-5)
+  for a, b in zip(jax.tree.leaves(s1.batch_stats), jax.tree.leaves(s8.batch_stats)):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_bound_below_cap_and_band_annealed(tmp_path):
+  config = tiny_config("ring")
+  outcome = train.train_and_evaluate(config, str(tmp_path))
+  results = outcome.results
+  for record in _records(tmp_path):
+    if "bound_nats" in record:
+      assert record["bound_nats"] <= record["log_k_plus_1"] + 1e-5
+  assert results["log_k_plus_1"] == pytest.approx(np.log(65.0), rel=1e-6)
+  assert results["band_start"] == pytest.approx([0.0, 0.9], abs=1e-6)
+  assert results["band_end"] == pytest.approx([0.9, 0.99], abs=1e-6)
+  on_disk = json.load(open(tmp_path / "results.json"))
+  for key in ("method", "negatives", "bound", "knn_top1", "nn1_top1", "linear_top1",
+              "raw_pixels_linear_top1", "random_init_knn_top1", "random_init_linear_top1",
+              "bound_nats", "log_k_plus_1", "band_start", "band_end", "steps",
+              "resumed_from_step", "wall_seconds", "params_sha256", "params_l2"):
+    assert key in on_disk, key
+  assert on_disk["method"] == "ir" and on_disk["negatives"] == "ring"
+  assert on_disk["resumed_from_step"] == 0
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_resume_continues_exactly(tmp_path):
+  config = tiny_config("ring", checkpoint_every_steps=3)
+  whole = train.train_and_evaluate(config, str(tmp_path / "whole")).results
+  first = train.train_and_evaluate(config, str(tmp_path / "split"), stop_after_steps=5)
+  assert first.results["steps"] == 5
+  rest = train.train_and_evaluate(config, str(tmp_path / "split")).results
+  assert rest["resumed_from_step"] == 5
+  assert rest["params_sha256"] == whole["params_sha256"]
+  assert rest["params_l2"] == whole["params_l2"]
+  # A finished run is not trained again.
+  again = train.train_and_evaluate(config, str(tmp_path / "split")).results
+  assert again["resumed_from_step"] == again["steps"] == whole["steps"]
+  assert again["params_sha256"] == whole["params_sha256"]
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("ring.inner", 0.5, "ring"),
+    ("num_negatives", 5000, "num_negatives"),
+    ("global_batch_size", 60, "global_batch_size"),
+    ("temperature", 0.0, "temperature"),
+    ("temperature", -1.0, "temperature"),
+    ("negatives", "annulus", "negatives"),
+])
+def test_bad_config_raises_before_compiling(tmp_path, monkeypatch, field, value, needle):
+  overrides = {field: value}
+  if field == "ring.inner":
+    overrides["ring.dynamic_inner"] = False  # static inner 0.5 lies above rho_o = 0.1
+  config = tiny_config("ring", **overrides)
+
+  def no_compile(*args, **kwargs):
+    raise AssertionError("the train step was built for an invalid config")
+
+  monkeypatch.setattr(train, "make_train_step", no_compile)
+  with pytest.raises(ValueError, match=needle) as info:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert "allowed" in str(info.value)
+
+
+def test_unknown_preset_and_unknown_field():
+  with pytest.raises(ValueError, match="allowed values: digits, cifar10, cifar100, stl10"):
+    config_lib.default_config("imagenet")
+  config = config_lib.default_config()
+  config.bogus = 1
+  with pytest.raises(ValueError, match="bogus is not a known field"):
+    config_lib.validate(config, num_devices=1)
+
+
+def test_main_runs_without_tensorflow(tmp_path):
+  """The main job with `import tensorflow` failing, as on a machine without it."""
+  blocker = tmp_path / "blocker"
+  (blocker / "tensorflow").mkdir(parents=True)
+  (blocker / "tensorflow" / "__init__.py").write_text(
+      "raise ImportError('TensorFlow is not installed (blocked by the test)')\n")
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([str(blocker), REPO, env.get("PYTHONPATH", "")])
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "-m", "mi_contrast.main", "--config=configs/ring.py",
+         f"--workdir={workdir}", "--config.num_epochs=1", "--config.width=8",
+         "--config.head_hidden=32", "--config.probe_epochs=2", "--config.warmup_epochs=0",
+         "--config.num_negatives=64", "--config.global_batch_size=64"]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.load(open(workdir / "results.json"))
+  assert results["steps"] == 1438 // 64
+  assert not (workdir / "tensorboard").exists()
+  assert "tensorflow" not in proc.stdout.lower() or "not installed" in proc.stdout.lower()
