@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from typing import Any
 
 import flax
@@ -225,15 +226,32 @@ def restore_latest(manager, state, sharding):
     try:
       restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     except Exception as e:  # orbax raises many types for damaged files
-      logging.warning("checkpoint at step %d is unreadable (%s: %s); trying an older one.",
-                      step, type(e).__name__, e)
+      message = (f"checkpoint at step {step} in {manager.directory} is unreadable "
+                 f"({type(e).__name__}: {e}); falling back to an older one.")
+      logging.warning(message)
+      warnings.warn(message, UserWarning)
       errors.append(f"step {step}: {type(e).__name__}: {e}")
       continue
+    if errors:
+      _move_aside(manager, [s for s in steps if s > step])
     return flax.serialization.from_state_dict(state, restored), step
   if steps:
     raise RuntimeError(f"{manager.directory} holds checkpoints {steps} but none can be read:\n  "
                        + "\n  ".join(errors) + "\nMove them aside to start from scratch.")
   return None
+
+
+def _move_aside(manager, steps):
+  """Moves unreadable checkpoints to <workdir>/damaged_checkpoints/: kept, never deleted."""
+  root = os.path.dirname(str(manager.directory))
+  for step in steps:
+    source = os.path.join(str(manager.directory), str(step))
+    target = os.path.join(root, "damaged_checkpoints", f"{step}-{int(time.time())}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(source, target)
+    logging.warning("moved the unreadable checkpoint of step %d to %s", step, target)
+  if steps:
+    manager.reload()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,21 +328,33 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_resume_config(workdir, config):
-  """The workdir's saved config must agree with this one on what the checkpoint holds."""
+_RUN_DEFINING_FIELDS = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim",
+                        "method", "negatives", "num_negatives", "global_batch_size", "seed",
+                        "split_seed", "test_fraction", "image_size", "views")
+
+
+def _check_resume_config(workdir, config, num_train):
+  """A workdir's checkpoints may only be continued by a config that defines the same run."""
   path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
   current = json.loads(config.to_json())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    keys = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim", "method",
-            "global_batch_size", "seed", "split_seed", "test_fraction", "image_size")
-    diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
-             for k in keys if saved.get(k) != current.get(k)]
-    if diffs:
-      raise ValueError(f"{workdir} holds a run with another configuration:\n  "
-                       + "\n  ".join(diffs) + "\nUse a new --workdir, or the same config.")
-  return current
+  diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
+           for k in _RUN_DEFINING_FIELDS if saved.get(k) != current.get(k)]
+  run_path = os.path.join(workdir, "run.json")
+  saved_rows = None
+  if os.path.exists(run_path):
+    with open(run_path) as f:
+      saved_rows = json.load(f).get("memory_bank_rows")
+  if saved_rows is not None and saved_rows != num_train:
+    diffs.append(f"memory bank size (dataset rows): checkpoint {saved_rows} vs "
+                 f"this run {num_train}")
+  if diffs:
+    raise ValueError(f"{workdir} holds checkpoints of a run with another configuration:\n  "
+                     + "\n  ".join(diffs) + "\nUse a new --workdir, or the saved config "
+                     f"({path}).")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,7 +389,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   is_lead = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoint_manager(workdir, config)
-  config_json = _check_resume_config(workdir, config) if manager.all_steps() else None
+  if manager.all_steps():
+    _check_resume_config(workdir, config, data.num_train)
 
   replicated = NamedSharding(mesh, P())
   images = {
@@ -378,10 +409,11 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
     state, resumed_from = jax.device_put(init_state, replicated), 0
     if is_lead:
       _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
+      _write_json(os.path.join(workdir, "run.json"), {"memory_bank_rows": data.num_train,
+                                                      "num_devices": num_devices})
   else:
     state, resumed_from = restored
     logging.info("Resuming from the checkpoint at step %d of %d.", resumed_from, num_steps)
-  del config_json
 
   writer = writers.create(workdir, is_lead=is_lead)
   if resumed_from == 0:
