@@ -38,7 +38,7 @@ def base_config():
   c.temperature = 0.07
   c.bank_momentum = 0.0        # M[i] <- normalise(m M[i] + (1 - m) z); the paper: m = 0
   c.candidates = 0             # 0: exact band over the whole bank; M > 0: band over M random rows
-  c.views = "digits"           # view recipe name (mi_contrast.views.RECIPES)
+  c.views = "digits"           # views.RECIPES name for every view, or 'name1,name2' per view
 
   # The ring (authors' parameterisation): outer fraction rho_o annealed, inner fraction rho_i.
   c.ring = ml_collections.ConfigDict()
@@ -219,8 +219,9 @@ def validate(config, *, num_devices, num_train=None):
   if config.bound == "nce" and config.negatives != "uniform":
     _fail("bound", config.bound, "infonce with ball or ring negatives (IR's NCE assumes uniform "
           "noise 1/N; set config.negatives = 'uniform' to use it)")
-  if not isinstance(config.views, str):
-    _fail("views", config.views, "a recipe name from mi_contrast.views.RECIPES")
+  if not isinstance(config.views, str) or not all(config.views.split(",")):
+    _fail("views", config.views, "a recipe name from mi_contrast.views.RECIPES, or one name "
+          "per view separated by commas")
 
   ring = config.ring
   _number(config, "ring.outer_start", 0.0, 1.0, low_open=True)

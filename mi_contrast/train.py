@@ -130,13 +130,26 @@ def create_train_state(config, model, tx, method, num_train, image_shape):
       ring_state=ring_state, rng=root)
 
 
+def view_recipes(config, method):
+  """One recipe name per view: `config.views` is one name for every view, or one name per
+  view separated by commas (e.g. 'mocov2,simclr')."""
+  recipes = [name.strip() for name in config.views.split(",")]
+  if len(recipes) == 1:
+    return recipes * method.NUM_VIEWS
+  if len(recipes) != method.NUM_VIEWS:
+    raise ValueError(f"config.views = {config.views!r} names {len(recipes)} recipes; method "
+                     f"{config.method!r} uses {method.NUM_VIEWS} view(s): give one name, or "
+                     f"{method.NUM_VIEWS} names separated by commas.")
+  return recipes
+
+
 def make_train_step(config, model, tx, method, num_train, mesh):
   """The jitted step: (state, train_images) -> (state, metrics); state replicated."""
   num_devices = mesh.devices.size
   spe = steps_per_epoch(config, num_train)
   batch = config.global_batch_size
   local = batch // num_devices
-  recipes = [config.views] * method.NUM_VIEWS
+  recipes = view_recipes(config, method)
   band_fn = make_band_fn(config, num_train)
   _, lr_schedule = make_optimizer(config, num_train)
 
@@ -383,7 +396,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   num_devices = mesh.devices.size
   config_lib.validate(config, num_devices=num_devices)
   method = methods.get(config.method)
-  views_lib.normalize_recipe(config.views)
+  for recipe in view_recipes(config, method):
+    views_lib.normalize_recipe(recipe)
   data = input_pipeline.load_dataset(config)
   config_lib.validate(config, num_devices=num_devices, num_train=data.num_train)
   is_lead = jax.process_index() == 0

@@ -570,6 +570,15 @@ RECIPES: dict[str, list] = {
         ('random_gaussian_noise', {'std': 0.05}, 1.0),
         _HFLIP,
     ],
+    # Single-op digits recipes for the augmentation lesion (experiments/augmentation_lesion.py).
+    'digits_crop': [
+        ('random_resized_crop', {'scale': (0.5, 1.0), 'ratio': (3.0 / 4.0, 4.0 / 3.0)}, 1.0),
+    ],
+    'digits_flip': [_HFLIP],
+    'digits_intensity': [
+        ('random_intensity', {'brightness': 0.4, 'contrast': 0.4}, 0.8),
+        ('random_gaussian_noise', {'std': 0.05}, 1.0),
+    ],
     'digits_noflip': [
         ('random_resized_crop', {'scale': (0.5, 1.0), 'ratio': (3.0 / 4.0, 4.0 / 3.0)}, 1.0),
         ('random_intensity', {'brightness': 0.4, 'contrast': 0.4}, 0.8),

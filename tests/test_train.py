@@ -177,3 +177,12 @@ def test_main_runs_without_tensorflow(tmp_path):
   assert results["steps"] == 1438 // 64
   assert not (workdir / "tensorboard").exists()
   assert "tensorflow" not in proc.stdout.lower() or "not installed" in proc.stdout.lower()
+
+
+def test_view_recipes_one_name_or_one_per_view():
+  method = methods.get("ir")
+  assert train.view_recipes(tiny_config(views="digits_crop"), method) == ["digits_crop"]
+  with pytest.raises(ValueError, match="give one name, or 1 names"):
+    train.view_recipes(tiny_config(views="digits,digits_crop"), method)
+  with pytest.raises(ValueError, match="config.views"):
+    config_lib.validate(tiny_config(views="digits,"), num_devices=1)
