@@ -1,0 +1,569 @@
+"""Ring / ball masks and band selection of hard negatives over a pool of candidates.
+
+The ring estimator (CNCE; Wu et al. 2020, 2021) draws negatives from a band of each anchor's
+nearest neighbours in a pool (memory bank, queue or batch). This module finds that band
+exactly, without sorting, and samples from it. Every function is pure and jittable, and
+depends on nothing else in ``mi_contrast``.
+
+Conventions
+-----------
+* Similarities of one anchor to its pool form the last axis, ``sims[..., P]``. They are
+  ranked per row, most similar first (rank 0). Ties are broken by index: of equal values, the
+  lower index ranks first, so every band holds exactly the requested number of entries.
+* A band is given by similarity quantiles ``lower <= upper`` in ``[0, 1]`` (1.0 = most
+  similar). It keeps ranks ``[start, end)`` with::
+
+      start = floor((1 - upper) * P),   end = floor((1 - lower) * P)
+
+  The ball ``ball_mask(sims, lower)`` is the band ``[lower, 1.0]``: ranks ``[0, end)``.
+* ``lower`` and ``upper`` may be traced scalars (annealing changes them every step). No shape
+  depends on them, so nothing recompiles when they change. The counts are computed in float32
+  with a tolerance of ``1e-3 + P * 2**-23`` candidates added before the floor (the worst-case
+  error of ``(1 - q) * P`` for a float32 fraction q), so that values such as
+  ``(1 - 0.9) * 50000`` give 5000 and not 4999. The price: an exact count whose fractional
+  part lies within that tolerance below an integer rounds up by one (for P = 1,281,167 the
+  tolerance is 0.15 candidates; for P = 50,000 it is 0.007).
+* The authors' parameterisation (outer fraction rho_o, inner fraction rho_i, "dynamic inner")
+  converts with ``fractions_to_quantiles``. Their ring is ranks
+  ``[floor(rho_i * floor(rho_o * P)), floor(rho_o * P))``; ours starts at
+  ``floor(rho_i * rho_o * P)``, which is never smaller and exceeds theirs by at most one rank
+  (the difference is ``rho_i * frac(rho_o * P) < 1``). Both agree on the paper's worked
+  examples: ranks [500, 5000) of 50,000 and [655, 6553) of 65,536 for rho_o = rho_i = 0.1.
+* Inputs must be finite (similarities of unit vectors are).
+
+Algorithm
+---------
+A full sort of a B x P matrix, or a top-k with large k, is the hot spot of a naive
+implementation. Here each band edge ("the top r entries of the row") is found by selection:
+a safeguarded interpolation search runs counting passes ``sum(sims >= t)`` over the rows
+until each row has a threshold that cuts exactly ``r`` entries, or two adjacent float32
+values that bracket the cut (a tie, then resolved by index). The search starts from a
+Gaussian model of the row (moments of a column subsample), continues by Illinois regula
+falsi on the counting function in probit coordinates, and falls back to bisection (of the
+value, or of the float32 bit pattern) when two steps did not halve the bracket. One pass
+counts both edges of a band in one fused compare-and-reduce. Realistic rows need about 5 to
+20 passes; rows are stepped in small gathered blocks, so rows that finished early cost
+nothing while the slow ones finish.
+Sampling inside the band then packs the band mask into 32-bit words, locates each draw's word
+by binary search over the words' running popcounts and its bit by a popcount bisection inside
+the word. No B x P sort, cumsum or top-k is made on the common path.
+
+References
+----------
+* Wu, Zhuang, Mosse, Yamins, Goodman (2020), "On Mutual Information in Contrastive Learning for
+  Visual Representations" (ball / ring negatives, percentiles of the similarity ranking).
+* Wu, Zhuang, Mosse, Yamins, Goodman (ICLR 2021), "Conditional Negative Sampling for
+  Contrastive Learning of Visual Representations" (CNCE; IR Ring samples K - 1 ring members
+  uniformly with replacement, MoCo Ring uses every ring member of the queue).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "fractions_to_quantiles",
+    "band_bounds",
+    "ring_mask",
+    "ball_mask",
+    "neighbour_masks",
+    "band_thresholds",
+    "band_negatives",
+]
+
+_WORD = 32                      # bits per packed mask word, and columns per counting group
+_MOMENT_SAMPLE = 2048           # columns used to estimate a row's mean and spread
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantiles and rank counts.
+# ---------------------------------------------------------------------------------------------
+
+
+def fractions_to_quantiles(outer, inner):
+  """The authors' ring fractions ``(rho_outer, rho_inner)`` -> quantiles ``(lower, upper)``.
+
+  With the reference's "dynamic inner" the ring is the nearest ``rho_outer`` fraction of the
+  pool minus the nearest ``rho_inner`` fraction of that::
+
+      lower = 1 - outer,   upper = 1 - inner * outer
+
+  Defaults ``outer = inner = 0.1`` give the 90th..99th similarity percentiles. Works on python
+  floats (returns floats) and on traced arrays. Source: method specification, section 3.
+  """
+  return 1.0 - outer, 1.0 - inner * outer
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def band_bounds(num_candidates, lower, upper):
+  """Rank range ``(start, end)`` (int32 scalars) kept by the band ``[lower, upper]``.
+
+  ``num_candidates`` (P) is a python int; ``lower`` and ``upper`` may be traced. The band keeps
+  ranks ``[start, end)`` (rank 0 = most similar) with ``start = floor((1 - upper) * P)`` and
+  ``end = floor((1 - lower) * P)``, both clipped to ``[0, P]`` and computed in float32 with a
+  tolerance of ``1e-3 + P * 2**-23`` (see the module docstring). ``end <= start`` means the
+  band is empty.
+  """
+  p = int(num_candidates)
+  tol = 1e-3 + p * 2.0 ** -23
+
+  def count(q):
+    frac = 1.0 - jnp.clip(jnp.asarray(q, jnp.float32), 0.0, 1.0)
+    return jnp.clip(jnp.floor(frac * jnp.float32(p) + jnp.float32(tol)), 0, p).astype(jnp.int32)
+
+  return count(upper), count(lower)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact rank cuts by selection.
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_key(x):
+  """float32 -> uint32, monotone (-inf < ... < -0 < +0 < ... < +inf)."""
+  bits = lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _from_key(k):
+  bits = jnp.where(k >= jnp.uint32(0x80000000), k & jnp.uint32(0x7FFFFFFF), ~k)
+  return lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _row_sum(hits):
+  """Sums bool [N, C, P] over the last axis -> int32 [N, C].
+
+  Summed in int8 over groups of 32 columns, then in int32 over the groups (and the < 32 tail
+  columns): XLA fuses the producer of ``hits`` into the short first reduction, whereas one
+  long reduction over a boolean is rewritten into reduce-windows that materialise the mask.
+  """
+  n, c, p = hits.shape
+  p0 = p - p % _WORD
+  total = jnp.zeros((n, c), jnp.int32)
+  if p0:
+    partial = hits[..., :p0].astype(jnp.int8).reshape(n, c, p0 // _WORD, _WORD)
+    total = partial.sum(-1, dtype=jnp.int8).astype(jnp.int32).sum(-1)
+  if p0 < p:
+    total = total + jnp.sum(hits[..., p0:], axis=-1, dtype=jnp.int32)
+  return total
+
+
+def _count_ge(x, thr):
+  """Counts ``x >= thr`` per row for two thresholds. x [N, P], thr [N, 2] -> int32 [N, 2].
+
+  Both compares go into one int16 per entry (1 for the first, 64 for the second), summed over
+  groups of 32 columns and decoded per group: one reduction over the matrix instead of two.
+  """
+  n, p = x.shape
+  p0 = p - p % _WORD
+  total = jnp.zeros((n, 2), jnp.int32)
+  if p0:
+    xs = x[:, :p0]
+    code = ((xs >= thr[:, 0:1]).astype(jnp.int16)
+            + (xs >= thr[:, 1:2]).astype(jnp.int16) * jnp.int16(64))
+    groups = code.reshape(n, p0 // _WORD, _WORD).sum(-1, dtype=jnp.int16)
+    total = jnp.stack([(groups % 64).astype(jnp.int32).sum(-1),
+                       (groups // 64).astype(jnp.int32).sum(-1)], axis=1)
+  if p0 < p:
+    total = total + jnp.sum(x[:, None, p0:] >= thr[:, :, None], axis=-1, dtype=jnp.int32)
+  return total
+
+
+def _chunk_rows(n):
+  """Rows searched together per step (a block small enough to skip finished rows cheaply)."""
+  return min(n, 32)
+
+
+def _search_cuts(x, ranks):
+  """Per-row thresholds of the top-``r`` cuts, for each r in ``ranks``.
+
+  Args:
+    x: [N, P] float32 rows (no gradient).
+    ranks: [C] int32, each in [1, P].
+
+  Returns:
+    (t, c_ge, c_gt): [N, C] each. ``t`` is a float threshold with ``c_gt = #{x > t} < r <=
+    c_ge = #{x >= t}``; ``c_ge == r`` means the cut is exactly ``x >= t``; otherwise ``t`` is
+    the value of the rank ``r - 1`` entry and ``r - c_gt`` of its ties (by index) are in the cut.
+
+  Every step moves one end of each row's bracket ``[lo, hi)`` (float bit patterns) strictly
+  inwards, so the search ends; the safeguard below bounds it by a few hundred steps in the
+  worst case, and realistic rows need about 5 to 20.
+  """
+  n, p = x.shape
+  c = ranks.shape[0]
+  r = jnp.broadcast_to(ranks[None, :], (n, c))
+  # Moments for the Gaussian model, from a strided subsample (a full pass costs as much as a
+  # search step).
+  sample = x[:, ::max(1, p // _MOMENT_SAMPLE)]
+  mean = jnp.mean(sample, axis=1, keepdims=True)
+  std = jnp.sqrt(jnp.mean(jnp.square(sample - mean), axis=1, keepdims=True))
+
+  def probit(count):
+    # Gaussian score of the fraction of the row below a threshold with `count` entries above.
+    frac = (p - jnp.asarray(count, jnp.float32) + 0.5) / (p + 1.0)
+    return jnp.sqrt(2.0).astype(jnp.float32) * lax.erf_inv(2.0 * frac - 1.0)
+
+  # State per row and cut, packed into one int32 and one float32 array so that a step
+  # gathers and scatters two arrays: steps taken, bracket [lo, hi) as float bit patterns
+  # (count(lo) >= r > count(hi)), the two counts, the side moved last (+1: lo), the bracket's
+  # count width one and two steps back; the counts' probits and the Illinois weights.
+  def pack(steps, lo, hi, c_lo, c_hi, last, width1, width2, z_lo, z_hi, w_lo, w_hi):
+    as_int = lambda k: lax.bitcast_convert_type(k, jnp.int32)
+    ints = jnp.stack([steps, as_int(lo), as_int(hi), c_lo, c_hi, last, width1, width2], -1)
+    return ints, jnp.stack([z_lo, z_hi, w_lo, w_hi], -1)
+
+  def unpack(ints, floats):
+    as_key = lambda k: lax.bitcast_convert_type(k, jnp.uint32)
+    steps, lo, hi, c_lo, c_hi, last, width1, width2 = (ints[..., i] for i in range(8))
+    return ((steps, as_key(lo), as_key(hi), c_lo, c_hi, last, width1, width2)
+            + tuple(floats[..., i] for i in range(4)))
+
+  full = lambda v, dtype: jnp.full((n, c), v, dtype)
+  c_lo, c_hi = full(p, jnp.int32), full(0, jnp.int32)
+  state = pack(full(0, jnp.int32), full(_to_key(jnp.float32(-jnp.inf)), jnp.uint32),
+               full(_to_key(jnp.float32(jnp.inf)), jnp.uint32), c_lo, c_hi,
+               full(0, jnp.int32), full(2 * p + 2, jnp.int32), full(2 * p + 2, jnp.int32),
+               probit(c_lo), probit(c_hi), full(1.0, jnp.float32), full(1.0, jnp.float32))
+  consts = (r, jnp.stack([probit(r), jnp.broadcast_to(mean, (n, c)),
+                          jnp.broadcast_to(std, (n, c))], -1))
+
+  def undone(ints, r):
+    lo, hi = (lax.bitcast_convert_type(ints[..., i], jnp.uint32) for i in (1, 2))
+    return (ints[..., 3] != r) & (hi - lo > 1)
+
+  def step(rows, state, consts):
+    steps, lo, hi, c_lo, c_hi, last, width1, width2, z_lo, z_hi, w_lo, w_hi = unpack(*state)
+    r, (z_target, mean, std) = consts[0], (consts[1][..., i] for i in range(3))
+    active = undone(state[0], r)
+    width = c_lo - c_hi
+    v_lo, v_hi = _from_key(lo), _from_key(hi)
+    # Illinois regula falsi in (value, probit(count)) coordinates: exact for Gaussian rows,
+    # locally linear for any smooth distribution.
+    a = (z_target - z_lo) * w_lo
+    b = (z_hi - z_target) * w_hi
+    interp = v_lo + (v_hi - v_lo) * (a / (a + b))
+    # While one end is still infinite, step out from the other one, doubling the stride.
+    stride = std * jnp.exp2((steps - 1).astype(jnp.float32))
+    interp = jnp.where(jnp.isinf(v_hi), v_lo + stride * jnp.maximum(z_target - z_lo, 0.5), interp)
+    interp = jnp.where(jnp.isinf(v_lo), v_hi - stride * jnp.maximum(z_hi - z_target, 0.5), interp)
+    # The first two steps follow a Gaussian model of the row (robust to outliers such as the
+    # anchor's own entry): its quantile, then a Newton step from the last count.
+    newton = jnp.where(last == 1, v_lo + std * (z_target - z_lo), v_hi + std * (z_target - z_hi))
+    t = jnp.where(steps == 0, mean + std * z_target, jnp.where(steps == 1, newton, interp))
+    key = _to_key(jnp.clip(t, v_lo, v_hi))
+    # Safeguard when two steps did not halve the bracket's count: try 0 if the bracket
+    # straddles it; bisect the bit pattern if the bracket spans binades (this halves the
+    # exponent range); bisect the value otherwise.
+    crosses = (v_lo < 0) & (v_hi > 0)
+    wide = (jnp.abs(v_hi) > 2 * jnp.abs(v_lo)) | (jnp.abs(v_lo) > 2 * jnp.abs(v_hi))
+    mid = jnp.where(crosses, _to_key(jnp.float32(0.0)),
+                    jnp.where(wide, lo + (hi - lo) // 2, _to_key(0.5 * v_lo + 0.5 * v_hi)))
+    key = jnp.where(2 * width > width2, mid, key)
+    key = jnp.clip(key, lo + 1, jnp.maximum(hi, lo + 2) - 1)
+    cnt = _count_ge(rows, _from_key(key))
+    z_cnt = probit(cnt)
+    up = cnt >= r                                  # threshold still inside the cut: raise lo
+    half = jnp.float32(0.5)
+    new = pack(steps + 1, jnp.where(up, key, lo), jnp.where(up, hi, key),
+               jnp.where(up, cnt, c_lo), jnp.where(up, c_hi, cnt), jnp.where(up, 1, -1),
+               width, width1, jnp.where(up, z_cnt, z_lo), jnp.where(up, z_hi, z_cnt),
+               jnp.where(up, 1.0, jnp.where(last == -1, w_lo * half, w_lo)),
+               jnp.where(up, jnp.where(last == 1, w_hi * half, w_hi), 1.0))
+    return tuple(jnp.where(active[..., None], nw, old) for nw, old in zip(new, state))
+
+  # Each iteration steps the `chunk` unfinished rows with the fewest steps so far, gathered
+  # into a small block: finished rows cost nothing, and one compiled body serves all rows.
+  chunk = _chunk_rows(n)
+
+  def chunk_step(state):
+    pending = jnp.any(undone(state[0], r), axis=1)
+    order = jnp.where(pending, state[0][:, 0, 0], jnp.iinfo(jnp.int32).max)
+    idx = jnp.argsort(order)[:chunk]
+    take = lambda a: a[idx]
+    sub = step(x[idx], tuple(map(take, state)), tuple(map(take, consts)))
+    return tuple(a.at[idx].set(b) for a, b in zip(state, sub))
+
+  state = lax.while_loop(lambda s: jnp.any(undone(s[0], r)), chunk_step, state)
+  _, lo, _, c_lo, c_hi = unpack(*state)[:5]
+  return _from_key(lo), c_lo, c_hi
+
+
+def _band_cuts(x, start, end):
+  """Thresholds of the cuts at ranks ``start`` and ``end`` of rows x [N, P].
+
+  Returns ``(t, need, partial)``, each [N, 2] (cut at ``start``, cut at ``end``): thresholds
+  ``t``, the number ``need`` of entries equal to ``t`` inside the cut, and whether that is
+  fewer than all of them (a tie at the edge, resolved by index). A cut at rank 0 gets
+  ``t = NaN``, which no comparison keeps.
+  """
+  p = x.shape[1]
+  ranks = jnp.stack([start, end])
+  t, c_ge, c_gt = _search_cuts(x, jnp.clip(ranks, 1, p))
+  empty = ranks[None, :] <= 0
+  t = jnp.where(empty, jnp.nan, t)
+  partial = (c_ge != ranks[None, :]) & ~empty
+  need = ranks[None, :] - c_gt
+  return t, need, partial
+
+
+def _tie_cutoffs(x, t, need, partial):
+  """Index cutoffs J [N, C]: the first ``need`` entries equal to ``t`` are those below J.
+
+  Only rows with a tie at a band edge (``partial``) are searched, a few rows at a time, by
+  bisection over the index (about log2(P) counting passes each); other rows get J = P.
+  """
+  n, p = x.shape
+  chunk = _chunk_rows(n)
+  col = jnp.arange(p, dtype=jnp.int32)
+
+  def resolve(rows, t, need):
+    eq = rows[:, None, :] == t[:, :, None]
+
+    def body(_, bounds):
+      lo, hi = bounds                      # count(lo) < need <= count(hi)
+      mid = (lo + hi) // 2
+      ok = _row_sum(eq & (col[None, None, :] < mid[:, :, None])) >= need
+      return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    init = (jnp.zeros_like(need), jnp.full_like(need, p))
+    return lax.fori_loop(0, p.bit_length(), body, init)[1]
+
+  def next_rows(carry):
+    todo, cutoff = carry
+    idx = jnp.argsort(~todo)[:chunk]
+    found = resolve(x[idx], t[idx], jnp.maximum(need[idx], 1))
+    cutoff = cutoff.at[idx].set(jnp.where(partial[idx], found, cutoff[idx]))
+    return todo.at[idx].set(False), cutoff
+
+  init = (jnp.any(partial, axis=1), jnp.full(t.shape, p, jnp.int32))
+  return lax.while_loop(lambda carry: jnp.any(carry[0]), next_rows, init)[1]
+
+
+def _cut_masks(x, t, cutoff=None):
+  """(inner, band) bool [N, P]: entries in the start cut, and in the end cut but not the start.
+
+  A cut keeps ``x > t`` and the entries equal to ``t`` with index below ``cutoff``;
+  ``cutoff=None`` keeps every entry equal to ``t`` (each cut is ``x >= t``).
+  """
+  if cutoff is None:
+    inner = x >= t[:, 0:1]
+    return inner, (x >= t[:, 1:2]) & ~inner
+  col = jnp.arange(x.shape[1], dtype=jnp.int32)[None, :]
+
+  def cut(i):
+    ti = t[:, i:i + 1]
+    return (x > ti) | ((x == ti) & (col < cutoff[:, i:i + 1]))
+
+  inner = cut(0)
+  return inner, cut(1) & ~inner
+
+
+def _masks(x, t, need, partial, fn=lambda inner, band: (inner, band)):
+  """Applies ``fn`` to the cut masks. A tie at a band edge takes a slower path: it happens now
+  and then even for float data (float32 similarities to a large pool), and always for pools
+  with duplicate rows."""
+  def with_ties():
+    return fn(*_cut_masks(x, t, _tie_cutoffs(x, t, need, partial)))
+
+  return lax.cond(jnp.any(partial), with_ties, lambda: fn(*_cut_masks(x, t)))
+
+
+def _rows(sims):
+  sims = jnp.asarray(sims)
+  lead = sims.shape[:-1]
+  return lax.stop_gradient(sims.astype(jnp.float32)).reshape(-1, sims.shape[-1]), lead
+
+
+@jax.jit
+def _band_membership(sims, lower, upper):
+  """(inner, band) bool masks shaped like ``sims``; shared by the mask functions below."""
+  x, lead = _rows(sims)
+  start, end = band_bounds(x.shape[1], lower, upper)
+  t, need, partial = _band_cuts(x, start, end)
+  inner, band = _masks(x, t, need, partial)
+  return inner.reshape(sims.shape), band.reshape(sims.shape)
+
+
+def ring_mask(sims, lower, upper):
+  """Entries of each row inside the similarity band ``[lower, upper]``.
+
+  Args:
+    sims: [..., P] similarities (or critic scores: any increasing function of them).
+    lower, upper: quantiles in [0, 1], 1.0 = most similar; python floats or traced scalars.
+
+  Returns:
+    bool [..., P], True on the ranks ``[start, end)`` of ``band_bounds(P, lower, upper)``:
+    exactly ``max(end - start, 0)`` entries per row, ties broken by index. An empty band
+    (``end <= start``) gives an all-False row. No gradient flows through the selection.
+  """
+  return _band_membership(sims, lower, upper)[1]
+
+
+def ball_mask(sims, lower):
+  """The nearest ``1 - lower`` fraction of each row: ranks ``[0, floor((1 - lower) * P))``.
+
+  Same as ``ring_mask(sims, lower, 1.0)``. sims [..., P] -> bool [..., P].
+  """
+  return _band_membership(sims, lower, 1.0)[1]
+
+
+def neighbour_masks(sims, lower, upper):
+  """Inner ball and ring of the band ``[lower, upper]``, from one selection.
+
+  For the LA-like "neighbour views" variant: the inner ball, ranks ``[0, start)`` (the entries
+  more similar than the ring, ``ball_mask(sims, upper)``), counts as extra positives in the
+  numerator, while the ring, ranks ``[start, end)`` (``ring_mask(sims, lower, upper)``), stays
+  the denominator. The two masks are disjoint; their union is ``ball_mask(sims, lower)``.
+
+  Returns:
+    (inner, ring): bool [..., P] each.
+  """
+  return _band_membership(sims, lower, upper)
+
+
+def band_thresholds(sims, lower, upper):
+  """Similarity values at the band's edges, e.g. for logging the annealed ring.
+
+  Returns:
+    (low, high): [...] each, the smallest and the largest similarity inside each row's band
+    (``low = +inf`` and ``high = -inf`` for an empty band).
+  """
+  sims = lax.stop_gradient(jnp.asarray(sims, jnp.float32))
+  band = _band_membership(sims, lower, upper)[1]
+  return (jnp.min(jnp.where(band, sims, jnp.inf), axis=-1),
+          jnp.max(jnp.where(band, sims, -jnp.inf), axis=-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Uniform draws from the band without sorting.
+# ---------------------------------------------------------------------------------------------
+
+
+def _pack_words(mask):
+  """bool [N, P] -> uint32 [N, ceil(P / 32)], bit b of word w = column 32 w + b."""
+  n, p = mask.shape
+  p0 = p - p % _WORD
+  shifts = jnp.arange(_WORD, dtype=jnp.uint32)
+  words = []
+  if p0:
+    bits = mask[:, :p0].reshape(n, p0 // _WORD, _WORD).astype(jnp.uint32) << shifts
+    words.append(bits.sum(-1, dtype=jnp.uint32))
+  if p0 < p:
+    tail = mask[:, p0:].astype(jnp.uint32) << shifts[:p - p0]
+    words.append(tail.sum(-1, dtype=jnp.uint32, keepdims=True))
+  return jnp.concatenate(words, axis=1) if len(words) > 1 else words[0]
+
+
+def _inclusive_cumsum(v):
+  """Running sum over the last axis of a small int32 [N, W] array, by doubling steps."""
+  return lax.associative_scan(jnp.add, v, axis=1)
+
+
+def _search_right(table, u):
+  """Per row, the number of entries of the sorted table [N, W] that are <= u [N, K]."""
+  n, w = table.shape
+  wp = 1 << max(w - 1, 0).bit_length()
+  table = jnp.pad(table, ((0, 0), (0, wp - w)), constant_values=jnp.iinfo(jnp.int32).max)
+  flat = table.reshape(-1)
+  base = (jnp.arange(n, dtype=jnp.int32) * wp)[:, None]
+
+  def body(i, pos):
+    step = jnp.right_shift(jnp.int32(wp // 2), i)
+    v = flat.at[base + pos + step - 1].get(mode="promise_in_bounds")
+    return pos + jnp.where(v <= u, step, 0)
+
+  return lax.fori_loop(0, max(wp.bit_length() - 1, 0), body, jnp.zeros(u.shape, jnp.int32))
+
+
+def _select_bit(word, o):
+  """Position of the o-th (0-based) set bit of each uint32 word; o < popcount(word)."""
+  pos = jnp.zeros(word.shape, jnp.int32)
+  for width in (16, 8, 4, 2, 1):
+    low = lax.population_count(word & jnp.uint32((1 << width) - 1)).astype(jnp.int32)
+    go = o >= low
+    o = jnp.where(go, o - low, o)
+    word = jnp.where(go, word >> width, word)
+    pos = jnp.where(go, pos + width, pos)
+  return pos
+
+
+def _draw_from_words(words, u):
+  """Column of the u-th set bit (in index order) of each row. words [N, W], u [N, K]."""
+  counts = lax.population_count(words).astype(jnp.int32)
+  upto = _inclusive_cumsum(counts)
+  w = _search_right(upto, u)                                   # word holding the u-th member
+  flat_idx = jnp.arange(words.shape[0], dtype=jnp.int32)[:, None] * words.shape[1] + w
+  word = words.reshape(-1)[flat_idx]
+  before = upto.reshape(-1)[flat_idx] - counts.reshape(-1)[flat_idx]
+  return w * _WORD + _select_bit(word, u - before)
+
+
+@functools.partial(jax.jit, static_argnames=("num", "candidates"))
+def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candidates=None,
+                   anchor_ids=None):
+  """Draws ``num`` negatives per anchor uniformly, with replacement, from its similarity band.
+
+  The IR Ring recipe of the reference code (``NCERing``: K - 1 ring members sampled uniformly
+  with replacement), generalised to any band ``[lower, upper]`` and to a sampled candidate set.
+
+  Args:
+    rng: PRNG key. It is split into a candidate key (sampled form; the same on every device)
+      and a draw key; anchor ``i`` draws with ``fold_in(draw_key, anchor_ids[i])``, so an
+      anchor gets the same negatives however the batch is split across devices.
+    anchors: [B, D] unit rows (gradients flow to them through the returned scores).
+    pool: [P, D] unit rows (memory bank or queue; no gradient: it is stop_gradient-ed).
+    lower, upper: band quantiles in [0, 1] (1.0 = most similar); may be traced.
+    num: python int, negatives per anchor.
+    temperature: critic temperature; scores are ``anchors . pool[idx] / temperature``.
+    candidates: None for the exact band over the whole pool (a B x P score matrix). An int M
+      for the sampled form: M pool rows drawn uniformly WITH replacement once per call, shared
+      by the whole batch; the band is taken over those M scores (a B x M matrix), so the cost
+      does not grow with P.
+    anchor_ids: optional int [B] global ids of the anchors (default ``arange(B)``).
+
+  Returns:
+    (scores [B, num] float32, indices [B, num] int32 into ``pool``). The scores are gathered
+    from the B x P (or B x M) score matrix, so the backward pass is one dense matmul; the
+    selection itself carries no gradient.
+
+  An empty band (possible for tiny pools or ``upper < lower``) is widened to one entry: the
+  entry at rank ``min(start, P' - 1)`` of the P' candidates. Nothing is ever NaN.
+  """
+  anchors = jnp.asarray(anchors)
+  pool = lax.stop_gradient(jnp.asarray(pool))
+  b = anchors.shape[0]
+  p = pool.shape[0]
+  cand_key, draw_key = jax.random.split(rng)
+  if candidates is None:
+    cand = None
+    rows = pool
+  else:
+    cand = jax.random.randint(cand_key, (int(candidates),), 0, p, dtype=jnp.int32)
+    rows = pool[cand]
+  m = rows.shape[0]
+  logits = jnp.dot(anchors, rows.T.astype(anchors.dtype)) / temperature       # [B, M]
+
+  start, end = band_bounds(m, lower, upper)
+  start = jnp.minimum(start, m - 1)
+  end = jnp.maximum(end, start + 1)
+  size = end - start
+
+  if anchor_ids is None:
+    anchor_ids = jnp.arange(b, dtype=jnp.int32)
+  keys = jax.vmap(lambda i: jax.random.fold_in(draw_key, i))(jnp.asarray(anchor_ids))
+  # One 32-bit draw per negative, reduced modulo the band size: the bias is below
+  # size / 2**32 (3e-5 relative for a 128k band), at half the cost of jax.random.randint.
+  bits = jax.vmap(lambda k: jax.random.bits(k, (num,), jnp.uint32))(keys)
+  u = (bits % size.astype(jnp.uint32)).astype(jnp.int32)
+
+  x = lax.stop_gradient(logits).astype(jnp.float32)
+  t, need, partial = _band_cuts(x, start, end)
+  words = _masks(x, t, need, partial, lambda inner, band: _pack_words(band))
+  local = _draw_from_words(words, u)
+
+  scores = jnp.take_along_axis(logits, local, axis=1).astype(jnp.float32)
+  indices = local if cand is None else cand[local]
+  return scores, indices
