@@ -6,6 +6,8 @@ checks every field (type, range, contradictions) before anything compiles.
 
 import ml_collections
 
+from mi_contrast import negatives
+
 PRESETS = ("digits", "cifar10", "cifar100", "stl10")
 
 
@@ -168,12 +170,6 @@ def _choice(config, field, allowed):
   return value
 
 
-def ring_quantiles(outer, inner, dynamic_inner):
-  """(lower, upper) similarity quantiles of the ring for outer/inner fractions (1.0 = nearest)."""
-  upper_cut = inner * outer if dynamic_inner else inner
-  return 1.0 - outer, 1.0 - upper_cut
-
-
 def validate(config, *, num_devices, num_train=None):
   """Checks every field; raises ValueError naming the field and the allowed values.
 
@@ -233,8 +229,8 @@ def validate(config, *, num_devices, num_train=None):
   _number(config, "ring.adaptive_window", 1, None, integer=True)
   if config.negatives in ("ring", "ball"):
     for outer in (ring.outer_start, ring.outer):
-      lower, upper = ring_quantiles(outer, 0.0 if config.negatives == "ball" else ring.inner,
-                                    ring.dynamic_inner)
+      lower, upper = negatives.fractions_to_quantiles(
+          outer, 0.0 if config.negatives == "ball" else ring.inner, ring.dynamic_inner)
       if lower >= upper:
         raise ValueError(
             f"config.ring: the ring's lower quantile {lower:.4g} (1 - outer = 1 - {outer}) is not "

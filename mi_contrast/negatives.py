@@ -82,7 +82,7 @@ _MOMENT_SAMPLE = 2048           # columns used to estimate a row's mean and spre
 # ---------------------------------------------------------------------------------------------
 
 
-def fractions_to_quantiles(outer, inner):
+def fractions_to_quantiles(outer, inner, dynamic_inner=True):
   """The authors' ring fractions ``(rho_outer, rho_inner)`` -> quantiles ``(lower, upper)``.
 
   With the reference's "dynamic inner" the ring is the nearest ``rho_outer`` fraction of the
@@ -90,10 +90,12 @@ def fractions_to_quantiles(outer, inner):
 
       lower = 1 - outer,   upper = 1 - inner * outer
 
-  Defaults ``outer = inner = 0.1`` give the 90th..99th similarity percentiles. Works on python
-  floats (returns floats) and on traced arrays. Source: method specification, section 3.
+  With ``dynamic_inner=False`` the inner cut is a fraction of the whole pool:
+  ``upper = 1 - inner`` (the ring is empty unless ``inner < outer``). Defaults
+  ``outer = inner = 0.1`` give the 90th..99th similarity percentiles. Works on python floats
+  (returns floats) and on traced arrays. Source: method specification, section 3.
   """
-  return 1.0 - outer, 1.0 - inner * outer
+  return 1.0 - outer, 1.0 - (inner * outer if dynamic_inner else inner)
 
 
 @functools.partial(jax.jit, static_argnums=0)

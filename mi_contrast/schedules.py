@@ -18,7 +18,8 @@ than on the step, so it carries a small state instead of being a function of the
 The state is a pytree of arrays (checkpointable, updated on the device without host sync).
 
 The ring's reference parameterisation (outer fraction rho_out, inner fraction rho_in of the
-ranked pool, most similar first) converts to similarity quantiles with :func:`ring_quantiles`.
+ranked pool, most similar first) converts to similarity quantiles with
+:func:`mi_contrast.negatives.fractions_to_quantiles`.
 
 Source: Wu et al. (2020), "On Mutual Information in Contrastive Learning for Visual
 Representations", and the authors' code (annealing of rho_out 1.0 -> 0.1; its adaptive
@@ -44,7 +45,6 @@ __all__ = [
     "AdaptiveState",
     "adaptive_init",
     "adaptive_update",
-    "ring_quantiles",
 ]
 
 KINDS = ("constant", "linear", "step", "exponential", "cosine", "adaptive")
@@ -244,21 +244,6 @@ def adaptive_update(state, metric, *, delta, lower, upper, mode="loss") -> Adapt
   history = state.history.at[state.count % window].set(metric)
   return AdaptiveState(value=value.astype(jnp.float32), history=history,
                        count=state.count + 1)
-
-
-def ring_quantiles(rho_outer, rho_inner):
-  """Reference ring fractions -> similarity quantiles ``(lower, upper)``.
-
-  The reference ring keeps ranks ``[floor(rho_inner * outer), outer)`` of the pool ranked by
-  similarity (most similar first), with ``outer = floor(rho_outer * P)``. As quantiles of the
-  similarity (1.0 = most similar)::
-
-      lower = 1 - rho_outer,   upper = 1 - rho_inner * rho_outer
-
-  Works on python floats or traced arrays (returns the same kind).
-  Source: method specification, section 3; Wu et al. (2020) reference code.
-  """
-  return 1.0 - rho_outer, 1.0 - rho_inner * rho_outer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from mi_contrast import input_pipeline
 from mi_contrast import memory
 from mi_contrast import methods
 from mi_contrast import models
+from mi_contrast import negatives as negatives_lib
 from mi_contrast import schedules
 from mi_contrast import views as views_lib
 from mi_contrast import writers
@@ -109,7 +110,7 @@ def make_band_fn(config, num_train):
   def band(step, state):
     outer = jnp.asarray(outer_of(step, state), jnp.float32)
     inner = 0.0 if config.negatives == "ball" else ring.inner
-    lower, upper = config_lib.ring_quantiles(outer, inner, ring.dynamic_inner)
+    lower, upper = negatives_lib.fractions_to_quantiles(outer, inner, ring.dynamic_inner)
     if config.negatives == "ball":
       upper = jnp.float32(1.0)
     return methods.Band(jnp.asarray(lower, jnp.float32), jnp.asarray(upper, jnp.float32)), outer

@@ -118,13 +118,6 @@ def test_build_matches_direct_constructors():
   assert float(schedules.build("constant", init=0.3)(123)) == pytest.approx(0.3)
 
 
-def test_ring_quantiles():
-  lower, upper = schedules.ring_quantiles(0.1, 0.1)
-  assert lower == pytest.approx(0.9) and upper == pytest.approx(0.99)
-  lower, upper = schedules.ring_quantiles(jnp.float32(1.0), 0.1)
-  assert float(lower) == pytest.approx(0.0) and float(upper) == pytest.approx(0.9)
-
-
 # ------------------------------------------------------------------------------------------
 # Adaptive schedule against a hand-written python reference.
 # ------------------------------------------------------------------------------------------
