@@ -138,3 +138,8 @@ def _fit_probe(tx, params, x, y, rng, epochs, steps_per_epoch, batch_size):
   carry = (params, tx.init(params))
   (params, _), _ = jax.lax.scan(epoch, carry, jax.random.split(rng, epochs))
   return params["w"], params["b"]
+
+
+if __name__ == "__main__":
+  from mi_contrast import evaluation_cli
+  evaluation_cli.run()

@@ -16,6 +16,7 @@ import numpy as np
 TFDS_NAMES = {"cifar10": "cifar10", "cifar100": "cifar100", "stl10": "stl10"}
 TFDS_SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"),
                "stl10": ("train", "test")}
+_READ_BATCH = 10_000  # examples per tf.data batch when reading a split into memory
 
 
 @dataclasses.dataclass
@@ -94,9 +95,13 @@ def load_tfds(name: str, data_dir: Optional[str], download: bool) -> InMemoryDat
   train_split, test_split = TFDS_SPLITS[name]
   arrays = {}
   for split in (train_split, test_split):
-    ds = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
-    images, labels = ds
-    arrays[split] = (np.asarray(images, np.uint8), np.asarray(labels, np.int32))
+    # Fixed-size batches, concatenated. One batch of the whole split would be sized from the
+    # split sizes in the dataset's metadata; where those are unknown (tfds.testing.mock_data),
+    # TensorFlow aborts the process reserving a batch of sys.maxsize examples.
+    batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=_READ_BATCH,
+                                                    as_supervised=True)))
+    arrays[split] = (np.concatenate([b[0] for b in batches]).astype(np.uint8, copy=False),
+                     np.concatenate([b[1] for b in batches]).astype(np.int32))
   num_classes = builder.info.features["label"].num_classes
   return InMemoryData(name, *arrays[train_split], *arrays[test_split], num_classes)
 
