@@ -39,6 +39,7 @@ from mi_contrast import memory
 from mi_contrast import methods
 from mi_contrast import models
 from mi_contrast import negatives as negatives_lib
+from mi_contrast import report
 from mi_contrast import schedules
 from mi_contrast import views as views_lib
 from mi_contrast import writers
@@ -424,8 +425,9 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
     state, resumed_from = jax.device_put(init_state, replicated), 0
     if is_lead:
       _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
-      _write_json(os.path.join(workdir, "run.json"), {"memory_bank_rows": data.num_train,
-                                                      "num_devices": num_devices})
+      _write_json(os.path.join(workdir, "run.json"), {
+          "memory_bank_rows": data.num_train, "num_devices": num_devices,
+          "channel_mean": list(mean), "channel_std": list(std)})
   else:
     state, resumed_from = restored
     logging.info("Resuming from the checkpoint at step %d of %d.", resumed_from, num_steps)
@@ -542,6 +544,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   writer.flush()
   if is_lead:
     _write_json(os.path.join(workdir, "results.json"), results)
+    report.write_report(workdir)
   logging.info("results: %s", json.dumps(results, sort_keys=True))
   return RunOutcome(results)
 

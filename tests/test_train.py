@@ -136,7 +136,8 @@ def test_bad_config_raises_before_compiling(tmp_path, monkeypatch, field, value,
   overrides = {field: value}
   if field == "ring.inner":
     overrides["ring.dynamic_inner"] = False  # static inner 0.5 lies above rho_o = 0.1
-  config = tiny_config("ring", **overrides)
+  negatives = overrides.pop("negatives", "ring")
+  config = tiny_config(negatives, **overrides)
 
   def no_compile(*args, **kwargs):
     raise AssertionError("the train step was built for an invalid config")
