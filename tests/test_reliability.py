@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def _start_and_signal(workdir, sig, after_checkpoints):
   while len(_checkpoint_steps(workdir)) < after_checkpoints and proc.poll() is None:
     assert time.time() < deadline, "no checkpoint appeared"
     time.sleep(0.05)
+  time.sleep(random.uniform(0.0, 1.5))  # a random moment after the checkpoint
   if proc.poll() is None:
     proc.send_signal(sig)
   out, _ = proc.communicate(timeout=300)
