@@ -2,7 +2,7 @@
 #
 #   python -m mi_contrast.main --config=configs/ir.py --workdir=/tmp/mi_ir
 #
-# Runtime: about 1.5 minutes on a 2-core CPU (embedded digits preset, compilation included).
+# Runtime: about 1 minute on a 2-core CPU (embedded digits preset, compilation included).
 # Expected result: linear_top1 ~0.97-0.98, nn1_top1 ~0.96-0.98 on the digits test split;
 # bound_nats below log_k_plus_1 = log(1025) = 6.93 nats.
 # `--config=configs/ir.py:cifar10` (also cifar100, stl10) uses the reference CIFAR setup.

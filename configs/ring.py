@@ -4,7 +4,7 @@
 #
 #   python -m mi_contrast.main --config=configs/ring.py --workdir=/tmp/mi_ring
 #
-# Runtime: about 1.5 minutes on a 2-core CPU (embedded digits preset, compilation included).
+# Runtime: about 1 minute on a 2-core CPU (embedded digits preset, compilation included).
 # Expected result: linear_top1 ~0.97-0.98, nn1_top1 ~0.96-0.98 on the digits test split, the
 # raw-pixel probe matched or beaten; band [0.0, 0.9] at the start, [0.9, 0.99] at the end.
 # `--config=configs/ring.py:cifar10` (also cifar100, stl10) uses the reference CIFAR setup.

@@ -112,8 +112,6 @@ def make_band_fn(config, num_train):
     outer = jnp.asarray(outer_of(step, state), jnp.float32)
     inner = 0.0 if config.negatives == "ball" else ring.inner
     lower, upper = negatives_lib.fractions_to_quantiles(outer, inner, ring.dynamic_inner)
-    if config.negatives == "ball":
-      upper = jnp.float32(1.0)
     return methods.Band(jnp.asarray(lower, jnp.float32), jnp.asarray(upper, jnp.float32)), outer
 
   return band
@@ -195,11 +193,10 @@ def make_train_step(config, model, tx, method, num_train, mesh):
         "loss": loss,
         "bound_nats": jax.lax.pmean(jnp.mean(out.bound), AXIS),
         "log_k_plus_1": jax.lax.pmean(jnp.mean(out.cap), AXIS),
-        "band_lower": band.lower,
-        "band_upper": band.upper,
-        "ring_outer": outer,
         "learning_rate": lr_schedule(step),
     }
+    if config.negatives != "uniform":
+      metrics.update(band_lower=band.lower, band_upper=band.upper, ring_outer=outer)
     new_state = state.replace(step=step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, method_state=method_state,
                               ring_state=ring_state)

@@ -111,11 +111,11 @@ class Progress:
     self._last_step, self._last_time = step, now
     eta = (self._num_steps - step) / self._rate if self._rate else float("nan")
     per_device = (self._rate or 0.0) * self._batch / self._devices
-    logging.info(
-        "step %d/%d  loss %.4f  bound %.3f / cap %.3f nats  band [%.3f, %.3f]  "
-        "%.1f img/s/device  ETA %s", step, self._num_steps, metrics["loss"],
-        metrics["bound_nats"], metrics["log_k_plus_1"], metrics["band_lower"],
-        metrics["band_upper"], per_device, _format_eta(eta))
+    band = (f"  band [{metrics['band_lower']:.3f}, {metrics['band_upper']:.3f}]"
+            if "band_lower" in metrics else "")
+    logging.info("step %d/%d  loss %.4f  bound %.3f / cap %.3f nats%s  %.1f img/s/device  "
+                 "ETA %s", step, self._num_steps, metrics["loss"], metrics["bound_nats"],
+                 metrics["log_k_plus_1"], band, per_device, _format_eta(eta))
 
 
 def _format_eta(seconds):
