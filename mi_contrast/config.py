@@ -20,6 +20,7 @@ def base_config():
   c.dataset = "digits"
   c.data_dir = None            # tfds data_dir; None = tfds's default (honours TFDS_DATA_DIR).
   c.download = False           # tfds presets only: never download unless asked.
+  c.pretrain_split = "train"   # train | unlabelled | train+unlabelled (the last two: stl10)
   c.split_seed = 0             # digits: the train/test split is fixed by this seed.
   c.test_fraction = 0.2        # digits: share of the 1,797 images held out for evaluation.
   c.image_size = 16            # side of the images the encoder sees (digits: 8 -> 16).
@@ -124,6 +125,7 @@ MODELS = ("resnet_digits", "resnet18", "resnet50")
 STEMS = ("cifar", "imagenet")
 LR_SCHEDULES = ("cosine", "step", "constant")
 KNN_FEATURES = ("backbone", "embedding")
+PRETRAIN_SPLITS = ("train", "unlabelled", "train+unlabelled")
 RING_SCHEDULES = ("constant", "linear", "step", "exponential", "cosine", "adaptive")
 
 
@@ -187,6 +189,7 @@ def validate(config, *, num_devices, num_train=None):
   _choice(config, "stem", STEMS)
   _choice(config, "lr_schedule", LR_SCHEDULES)
   _choice(config, "knn_features", KNN_FEATURES)
+  _choice(config, "pretrain_split", PRETRAIN_SPLITS if config.dataset == "stl10" else ("train",))
   _choice(config, "ring.schedule", RING_SCHEDULES)
   for field in ("download", "sync_batch_norm", "ring.dynamic_inner"):
     value = config

@@ -158,7 +158,7 @@ def evaluate_run(workdir):
   state, step = restore_run(workdir, config, model, images["train"].shape[1:])
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   numbers = train.probe_model(config, model, variables, data, images, mesh)
-  total = train.total_steps(config, data.num_train)
+  total = train.total_steps(config, data.num_pretrain)
   evaluation = {
       **{k: float(v) for k, v in numbers.items()},
       "checkpoint_step": int(step),

@@ -28,10 +28,20 @@ class InMemoryData:
   test_images: np.ndarray
   test_labels: np.ndarray
   num_classes: int
+  pretrain_images: Optional[np.ndarray] = None  # unlabelled pretraining images, if separate
 
   @property
   def num_train(self) -> int:
     return int(self.train_images.shape[0])
+
+  @property
+  def pretrain(self) -> np.ndarray:
+    """The images contrastive pretraining runs on (one memory-bank row each)."""
+    return self.train_images if self.pretrain_images is None else self.pretrain_images
+
+  @property
+  def num_pretrain(self) -> int:
+    return int(self.pretrain.shape[0])
 
   def channel_stats(self) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """Per-channel mean and std of the training images, in [0, 1] units."""
@@ -75,11 +85,14 @@ def tfds_missing_message(name: str, data_dir: Optional[str]) -> str:
           f"--config.data_dir at a directory that holds it.")
 
 
-def load_tfds(name: str, data_dir: Optional[str], download: bool) -> InMemoryData:
+def load_tfds(name: str, data_dir: Optional[str], download: bool,
+              pretrain_split: str = "train") -> InMemoryData:
   """A tfds dataset (cifar10, cifar100, stl10) as uint8 numpy arrays.
 
   Never touches the network unless `download` is True: a dataset that is not on disk raises
-  FileNotFoundError at once with the command that prepares it.
+  FileNotFoundError at once with the command that prepares it. `pretrain_split` (stl10 only):
+  'unlabelled' pretrains on the 100,000 unlabelled images, 'train+unlabelled' on those and
+  the 5,000 labelled training images; evaluation always uses the labelled train/test splits.
   """
   try:
     import tensorflow_datasets as tfds
@@ -93,8 +106,9 @@ def load_tfds(name: str, data_dir: Optional[str], download: bool) -> InMemoryDat
       raise FileNotFoundError(tfds_missing_message(TFDS_NAMES[name], data_dir))
     builder.download_and_prepare()
   train_split, test_split = TFDS_SPLITS[name]
+  splits = [train_split, test_split] + (["unlabelled"] if pretrain_split != "train" else [])
   arrays = {}
-  for split in (train_split, test_split):
+  for split in splits:
     # Fixed-size batches, concatenated. One batch of the whole split would be sized from the
     # split sizes in the dataset's metadata; where those are unknown (tfds.testing.mock_data),
     # TensorFlow aborts the process reserving a batch of sys.maxsize examples.
@@ -103,14 +117,19 @@ def load_tfds(name: str, data_dir: Optional[str], download: bool) -> InMemoryDat
     arrays[split] = (np.concatenate([b[0] for b in batches]).astype(np.uint8, copy=False),
                      np.concatenate([b[1] for b in batches]).astype(np.int32))
   num_classes = builder.info.features["label"].num_classes
-  return InMemoryData(name, *arrays[train_split], *arrays[test_split], num_classes)
+  pretrain = None
+  if pretrain_split == "unlabelled":
+    pretrain = arrays["unlabelled"][0]
+  elif pretrain_split == "train+unlabelled":
+    pretrain = np.concatenate([arrays[train_split][0], arrays["unlabelled"][0]])
+  return InMemoryData(name, *arrays[train_split], *arrays[test_split], num_classes, pretrain)
 
 
 def load_dataset(config) -> InMemoryData:
   """The dataset a config names, as host arrays (raises early and clearly if missing)."""
   if config.dataset == "digits":
     return load_digits(config.split_seed, config.test_fraction)
-  return load_tfds(config.dataset, config.data_dir, config.download)
+  return load_tfds(config.dataset, config.data_dir, config.download, config.pretrain_split)
 
 
 @functools.partial(jax.jit, static_argnames=("size",))

@@ -398,24 +398,27 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   for recipe in view_recipes(config, method):
     views_lib.normalize_recipe(recipe)
   data = input_pipeline.load_dataset(config)
-  config_lib.validate(config, num_devices=num_devices, num_train=data.num_train)
+  config_lib.validate(config, num_devices=num_devices, num_train=data.num_pretrain)
   is_lead = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoint_manager(workdir, config)
   if manager.all_steps():
-    _check_resume_config(workdir, config, data.num_train)
+    _check_resume_config(workdir, config, data.num_pretrain)
 
   replicated = NamedSharding(mesh, P())
   images = {
       "train": input_pipeline.to_device(data.train_images, config.image_size, replicated),
       "test": input_pipeline.to_device(data.test_images, config.image_size, replicated),
   }
+  images["pretrain"] = (images["train"] if data.pretrain_images is None else
+                        input_pipeline.to_device(data.pretrain, config.image_size, replicated))
+  num_rows = data.num_pretrain  # memory-bank rows: one per pretraining image
   mean, std = data.channel_stats()
   model = models.build_encoder(config, mean, std, bn_axis_name=AXIS)
-  tx, _ = make_optimizer(config, data.num_train)
+  tx, _ = make_optimizer(config, num_rows)
   image_shape = images["train"].shape[1:]
-  init_state = create_train_state(config, model, tx, method, data.num_train, image_shape)
-  num_steps = total_steps(config, data.num_train)
+  init_state = create_train_state(config, model, tx, method, num_rows, image_shape)
+  num_steps = total_steps(config, num_rows)
 
   restored = restore_latest(manager, init_state, replicated)
   if restored is None:
@@ -423,7 +426,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
     if is_lead:
       _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
       _write_json(os.path.join(workdir, "run.json"), {
-          "memory_bank_rows": data.num_train, "num_devices": num_devices,
+          "memory_bank_rows": num_rows, "num_devices": num_devices,
           "channel_mean": list(mean), "channel_std": list(std)})
   else:
     state, resumed_from = restored
@@ -433,8 +436,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   if resumed_from == 0:
     writer.write_hparams({k: v for k, v in json.loads(config.to_json()).items()
                           if not isinstance(v, dict)})
-  train_step = make_train_step(config, model, tx, method, data.num_train, mesh)
-  band_fn = make_band_fn(config, data.num_train)
+  train_step = make_train_step(config, model, tx, method, num_rows, mesh)
+  band_fn = make_band_fn(config, num_rows)
   band_start = [float(x) for x in band_fn(0, init_state.ring_state)[0]]
 
   pending = []        # (step, device metrics) not yet fetched: no host sync per step
@@ -472,7 +475,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
 
   with _Preemption() as preemption:
     while step < stop_at:
-      state, metrics = train_step(state, images["train"])
+      state, metrics = train_step(state, images["pretrain"])
       step += 1
       pending.append((step, metrics))
       if step % config.log_every_steps == 0 or step == stop_at:
@@ -500,7 +503,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   final = probe_model(config, model, variables, data, images, mesh)
   # The untrained network, built again (the initial buffers were donated to the first step).
-  fresh = create_train_state(config, model, tx, method, data.num_train, image_shape)
+  fresh = create_train_state(config, model, tx, method, num_rows, image_shape)
   init_vars = {"params": fresh.params, "batch_stats": fresh.batch_stats}
   random_init = probe_model(config, model, init_vars, data, images, mesh)
   raw = evaluate.linear_probe(np.asarray(images["train"]), data.train_labels,
@@ -535,6 +538,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       "params_l2": l2,
       "num_devices": num_devices,
       "num_train": data.num_train,
+      "num_pretrain": num_rows,
       "num_test": int(len(data.test_labels)),
   }
   writer.write_scalars(step, {k: v for k, v in final.items()})

@@ -98,3 +98,24 @@ def test_missing_dataset_fails_at_once_with_the_command_that_prepares_it(monkeyp
   message = str(info.value)
   assert f"tfds build cifar100 --data_dir={config.data_dir}" in message
   assert "--config.download=True" in message
+
+
+@pytest.mark.parametrize("split,factor", [("unlabelled", 1), ("train+unlabelled", 2)])
+def test_stl10_pretrains_on_the_unlabelled_split(split, factor, monkeypatch, tmp_path):
+  config = tiny_preset("stl10", tmp_path / "tfds")
+  config.pretrain_split = split
+  with mocked_tfds(monkeypatch, num_examples=64):
+    data = input_pipeline.load_dataset(config)
+    assert data.num_train == 64 and data.num_pretrain == 64 * factor
+    workdir = tmp_path / "run"
+    outcome = train.train_and_evaluate(config, str(workdir), stop_after_steps=1)
+  assert outcome.results["steps"] == 1
+  with open(workdir / "run.json") as f:
+    assert json.load(f)["memory_bank_rows"] == 64 * factor
+
+
+def test_unlabelled_pretraining_is_stl10_only():
+  config = config_lib.default_config("cifar10")
+  config.pretrain_split = "unlabelled"
+  with pytest.raises(ValueError, match="pretrain_split.*allowed values: train"):
+    config_lib.validate(config, num_devices=1)
