@@ -8,7 +8,7 @@ import ml_collections
 
 from mi_contrast import negatives
 
-PRESETS = ("digits", "cifar10", "cifar100", "stl10")
+PRESETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012")
 
 
 def base_config():
@@ -24,6 +24,7 @@ def base_config():
   c.split_seed = 0             # digits: the train/test split is fixed by this seed.
   c.test_fraction = 0.2        # digits: share of the 1,797 images held out for evaluation.
   c.image_size = 16            # side of the images the encoder sees (digits: 8 -> 16).
+  c.stream_resize = 256        # imagenet2012: host resizes the shorter side to this, then crops
 
   # Encoder: a Linen ResNet and a projection MLP to the embedding.
   c.model = "resnet_digits"    # resnet_digits | resnet18 | resnet50
@@ -91,9 +92,9 @@ def apply_preset(c, preset):
     return c
   # Reference hyper-parameters for CIFAR / STL (method-spec.md section 7).
   c.model = "resnet18"
-  c.stem = "cifar"
+  c.stem = "imagenet" if preset == "imagenet2012" else "cifar"
   c.head_hidden = 512
-  c.image_size = 96 if preset == "stl10" else 32
+  c.image_size = {"stl10": 96, "imagenet2012": 224}.get(preset, 32)
   c.num_negatives = 4095
   c.num_epochs = 200
   c.learning_rate = 0.03
@@ -110,6 +111,9 @@ def apply_preset(c, preset):
   c.probe_epochs = 100
   c.probe_learning_rate = 0.01
   c.probe_weight_decay = 1e-5
+  if preset == "imagenet2012":  # 5,004 steps per epoch; kNN and probes read the whole split
+    c.eval_every_steps = 25020
+    c.checkpoint_every_steps = 5004
   return c
 
 
@@ -203,6 +207,7 @@ def validate(config, *, num_devices, num_train=None):
   _number(config, "split_seed", 0, None, integer=True)
   _number(config, "test_fraction", 0.0, 1.0, low_open=True, high_open=True)
   _number(config, "image_size", 8, 1024, integer=True)
+  _number(config, "stream_resize", config.image_size, 4096, integer=True)
   _number(config, "width", 1, 4096, integer=True)
   _number(config, "head_hidden", 1, None, integer=True)
   _number(config, "embedding_dim", 1, None, integer=True)

@@ -47,6 +47,30 @@ def extract_features(model, variables, images, mesh, chunk=512):
   return np.concatenate(hs), np.concatenate(zs)
 
 
+def extract_features_stream(model, variables, batches, mesh):
+  """Features of a stream of host batches: (h [N, F], z [N, D], labels [N]) as numpy.
+
+  Args:
+    batches: iterable of (images [b, H, W, C], labels [b], valid [b] bool), this process's
+      share (b divisible by its local devices); padded rows have valid = False.
+  Every process gets the features of all processes' examples.
+  """
+  from jax.experimental import multihost_utils
+  fn = _feature_fn(model, mesh)
+  sharding = jax.sharding.NamedSharding(mesh, P("batch"))
+  hs, zs, labels = [], [], []
+  for images, batch_labels, valid in batches:
+    h, z = fn(variables, jax.make_array_from_process_local_data(sharding, images))
+    local = (np.asarray(batch_labels), np.asarray(valid))
+    h, z = (multihost_utils.process_allgather(x, tiled=True) for x in (h, z))
+    batch_labels, valid = (multihost_utils.process_allgather(x, tiled=True) for x in local)
+    valid = np.asarray(valid, bool)
+    hs.append(np.asarray(h)[valid])
+    zs.append(np.asarray(z)[valid])
+    labels.append(np.asarray(batch_labels)[valid])
+  return np.concatenate(hs), np.concatenate(zs), np.concatenate(labels)
+
+
 @functools.lru_cache(maxsize=None)
 def _feature_fn(model, mesh):
   def apply(variables, images):

@@ -132,7 +132,7 @@ def protocol_settings(config, data):
       "knn_temperature": config.knn_temperature,
       "linear_probe": probe,
       "num_train": data.num_train,
-      "num_test": int(len(data.test_labels)),
+      "num_test": data.num_test,
       "num_classes": data.num_classes,
   }
 
@@ -148,14 +148,10 @@ def evaluate_run(workdir):
   config = load_run_config(workdir)
   data = input_pipeline.load_dataset(config)
   mesh = train.make_mesh()
-  replicated = NamedSharding(mesh, P())
-  images = {
-      "train": input_pipeline.to_device(data.train_images, config.image_size, replicated),
-      "test": input_pipeline.to_device(data.test_images, config.image_size, replicated),
-  }
+  images, image_shape = train.device_images(config, data, mesh)
   mean, std = data.channel_stats()
   model = models.build_encoder(config, mean, std, bn_axis_name=train.AXIS)
-  state, step = restore_run(workdir, config, model, images["train"].shape[1:])
+  state, step = restore_run(workdir, config, model, image_shape)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   numbers = train.probe_model(config, model, variables, data, images, mesh)
   total = train.total_steps(config, data.num_pretrain)

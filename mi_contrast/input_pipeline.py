@@ -1,8 +1,13 @@
-"""Datasets held in device memory: the embedded digits and tfds in-memory datasets.
+"""Input: datasets held in device memory, and ImageNet streamed from tfds.
 
-A step moves no pixels from the host: the training images are placed on every device once and
-each step gathers its examples by index (see `train.py`). Images are HWC, float32 in [0, 1]
-(digits) or uint8 (tfds); `as_float` converts either on the device.
+In-memory datasets (embedded digits, CIFAR, STL-10): a step moves no pixels from the host. The
+training images are placed on every device once and each step gathers its examples by index
+(see `train.py`). Images are HWC, float32 in [0, 1] (digits) or uint8 (tfds); `as_float`
+converts either on the device.
+
+Streaming (imagenet2012): tf.data decodes on the host and takes one fixed-size crop; every
+other augmentation runs on the device. Each process keeps its own shard of every epoch's
+order, and the order is a function of (seed, epoch), so a resumed run sees the same batches.
 """
 
 import dataclasses
@@ -17,6 +22,9 @@ TFDS_NAMES = {"cifar10": "cifar10", "cifar100": "cifar100", "stl10": "stl10"}
 TFDS_SPLITS = {"cifar10": ("train", "test"), "cifar100": ("train", "test"),
                "stl10": ("train", "test")}
 _READ_BATCH = 10_000  # examples per tf.data batch when reading a split into memory
+STREAMING = ("imagenet2012",)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass
@@ -33,6 +41,10 @@ class InMemoryData:
   @property
   def num_train(self) -> int:
     return int(self.train_images.shape[0])
+
+  @property
+  def num_test(self) -> int:
+    return int(self.test_images.shape[0])
 
   @property
   def pretrain(self) -> np.ndarray:
@@ -125,10 +137,134 @@ def load_tfds(name: str, data_dir: Optional[str], download: bool,
   return InMemoryData(name, *arrays[train_split], *arrays[test_split], num_classes, pretrain)
 
 
-def load_dataset(config) -> InMemoryData:
-  """The dataset a config names, as host arrays (raises early and clearly if missing)."""
+def imagenet_missing_message(data_dir: Optional[str]) -> str:
+  root = data_dir or "~/tensorflow_datasets"
+  flag = f" --data_dir={data_dir}" if data_dir else ""
+  return (f"dataset 'imagenet2012' is not prepared in {root}. ImageNet cannot be downloaded "
+          f"automatically: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar (from "
+          f"image-net.org) in the manual directory {root}/downloads/manual/, then run once\n"
+          f"    tfds build imagenet2012{flag} --manual_dir={root}/downloads/manual\n"
+          f"or point --config.data_dir at a directory that holds the prepared dataset.")
+
+
+@dataclasses.dataclass
+class StreamingData:
+  """A tfds dataset read in batches from disk (ImageNet); images never all in memory.
+
+  Attributes:
+    builder: the tfds builder (prepared).
+    num_train / num_test: examples in the train / validation splits.
+    image_size: side of the fixed-size crop the host takes (after resizing the shorter side
+      to `resize`).
+  """
+  name: str
+  builder: object
+  num_train: int
+  num_test: int
+  num_classes: int
+  image_size: int
+  resize: int
+  process_index: int = 0
+  process_count: int = 1
+  pretrain_images = None
+  train_labels = None
+
+  @property
+  def num_pretrain(self) -> int:
+    return self.num_train
+
+  def channel_stats(self):
+    return IMAGENET_MEAN, IMAGENET_STD
+
+  def _examples(self, split):
+    """(encoded image, label, index in the split) of this process's share, in file order."""
+    import tensorflow_datasets as tfds
+    ds = self.builder.as_dataset(split=split, shuffle_files=False,
+                                 decoders={"image": tfds.decode.SkipDecoding()})
+    ds = ds.enumerate().shard(self.process_count, self.process_index)
+    return ds.map(lambda i, ex: (ex["image"], ex["label"], i))
+
+  def _decode(self, encoded, crop_seed=None):
+    import tensorflow as tf
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = self.resize / tf.reduce_min(shape)
+    size = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+    image = tf.image.resize(image, size, antialias=True)
+    crop = [self.image_size, self.image_size, 3]
+    if crop_seed is None:  # evaluation: centre crop
+      top = (size[0] - self.image_size) // 2
+      left = (size[1] - self.image_size) // 2
+      image = image[top:top + self.image_size, left:left + self.image_size]
+    else:
+      image = tf.image.stateless_random_crop(image, crop, seed=crop_seed)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+  def train_batches(self, seed, first_step, global_batch, steps_per_epoch):
+    """Yields (images uint8 [b, S, S, 3], indices int32 [b]) of this process, from
+    `first_step` on; b = global_batch / process_count. Order and crops depend only on
+    (seed, epoch, example index)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    local = global_batch // self.process_count
+    step = first_step
+    options = tf.data.Options()
+    options.deterministic = True
+    while True:
+      epoch, offset = divmod(step, steps_per_epoch)
+      ds = self._examples("train").shuffle(16 * local, seed=seed * 100003 + epoch,
+                                           reshuffle_each_iteration=False)
+      ds = ds.map(lambda enc, label, i: (
+          self._decode(enc, tf.stack([tf.cast(seed * 100003 + epoch, tf.int64), i])),
+          tf.cast(i, tf.int32)), num_parallel_calls=tf.data.AUTOTUNE)
+      ds = ds.batch(local, drop_remainder=True).skip(offset).take(steps_per_epoch - offset)
+      for images, indices in tfds.as_numpy(ds.with_options(options).prefetch(2)):
+        yield images, indices
+      step = (epoch + 1) * steps_per_epoch
+
+  def eval_batches(self, split, local_batch):
+    """Yields (images [b, S, S, 3] uint8 centre crops, labels [b], valid [b] bool), the last
+    batch padded to `local_batch` with valid = False."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    ds = self._examples(split).map(lambda enc, label, i: (self._decode(enc), label),
+                                   num_parallel_calls=tf.data.AUTOTUNE)
+    for images, labels in tfds.as_numpy(ds.batch(local_batch).prefetch(2)):
+      pad = local_batch - len(labels)
+      valid = np.arange(local_batch) < len(labels)
+      if pad:
+        images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+        labels = np.concatenate([labels, np.zeros((pad,), labels.dtype)])
+      yield images, labels.astype(np.int32), valid
+
+
+def load_streaming(config) -> StreamingData:
+  """ImageNet through tfds (manual download); raises at once if it is not prepared."""
+  try:
+    import tensorflow_datasets as tfds
+    import tensorflow  # noqa: F401
+  except ImportError as e:
+    raise ImportError("dataset 'imagenet2012' is read through tensorflow-datasets and "
+                      "TensorFlow; install them with: pip install -e '.[tf]'") from e
+  builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  if not builder.is_prepared():
+    if not config.download:
+      raise FileNotFoundError(imagenet_missing_message(config.data_dir))
+    builder.download_and_prepare()
+  splits = builder.info.splits
+  return StreamingData(config.dataset, builder, splits["train"].num_examples,
+                       splits["validation"].num_examples,
+                       builder.info.features["label"].num_classes, config.image_size,
+                       config.stream_resize, jax.process_index(), jax.process_count())
+
+
+def load_dataset(config):
+  """The dataset a config names (raises early and clearly if missing): InMemoryData, or
+  StreamingData for imagenet2012."""
   if config.dataset == "digits":
     return load_digits(config.split_seed, config.test_fraction)
+  if config.dataset in STREAMING:
+    return load_streaming(config)
   return load_tfds(config.dataset, config.data_dir, config.download, config.pretrain_split)
 
 

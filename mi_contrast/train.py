@@ -143,8 +143,14 @@ def view_recipes(config, method):
   return recipes
 
 
-def make_train_step(config, model, tx, method, num_train, mesh):
-  """The jitted step: (state, train_images) -> (state, metrics); state replicated."""
+def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=False):
+  """The jitted step, state replicated.
+
+  In-memory data: (state, train_images) -> (state, metrics); the step draws its own indices
+  from (seed, epoch) and gathers the images on the device.
+  Streaming data: (state, images, indices) -> (state, metrics), with images [B, S, S, C] and
+  dataset indices [B] split over the devices.
+  """
   num_devices = mesh.devices.size
   spe = steps_per_epoch(config, num_train)
   batch = config.global_batch_size
@@ -153,14 +159,18 @@ def make_train_step(config, model, tx, method, num_train, mesh):
   band_fn = make_band_fn(config, num_train)
   _, lr_schedule = make_optimizer(config, num_train)
 
-  def per_device(state, train_images):
+  def in_memory(state, train_images):
     step = state.step
     data_key = jax.random.fold_in(state.rng, 1)
     order = jax.random.permutation(jax.random.fold_in(data_key, step // spe), num_train)
     global_idx = jax.lax.dynamic_slice(order, ((step % spe) * batch,), (batch,))
     indices = global_idx.reshape(num_devices, local)[jax.lax.axis_index(AXIS)]
+    return per_device(state, train_images[indices], indices)
+
+  def per_device(state, images, indices):
+    step = state.step
     step_key = jax.random.fold_in(jax.random.fold_in(state.rng, 2), step)
-    images = input_pipeline.as_float(train_images[indices])
+    images = input_pipeline.as_float(images)
     views = views_lib.make_views(jax.random.fold_in(step_key, 0), images, recipes,
                                  image_ids=indices)
     num_views = views.shape[0]
@@ -204,7 +214,11 @@ def make_train_step(config, model, tx, method, num_train, mesh):
 
   # pmap semantics (check_vma=False): the per-device program states its collectives itself,
   # and every state leaf it returns is replicated by construction (pmean, all_gather).
-  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P()), out_specs=(P(), P()),
+  if streaming:
+    fn, in_specs = per_device, (P(), P(AXIS), P(AXIS))
+  else:
+    fn, in_specs = in_memory, (P(), P())
+  sharded = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()),
                           check_vma=False)
   return jax.jit(sharded, donate_argnums=(0,))
 
@@ -282,25 +296,52 @@ def params_digest(params):
   return digest.hexdigest(), math.sqrt(total)
 
 
+def device_images(config, data, mesh):
+  """In-memory data on every device ({'train', 'test', 'pretrain'}) and the encoder's input
+  shape [H, W, C]; streaming data has no device copy ({})."""
+  if isinstance(data, input_pipeline.StreamingData):
+    return {}, (config.image_size, config.image_size, 3)
+  replicated = NamedSharding(mesh, P())
+  put = lambda x: input_pipeline.to_device(x, config.image_size, replicated)
+  images = {"train": put(data.train_images), "test": put(data.test_images)}
+  images["pretrain"] = images["train"] if data.pretrain_images is None else put(data.pretrain)
+  return images, tuple(images["train"].shape[1:])
+
+
+def split_features(config, model, variables, data, images, mesh):
+  """Features of the labelled train and test splits: ((h, z, labels), (h, z, labels)).
+
+  In-memory data: from the images on the device. Streaming data: centre crops read from disk
+  (train and validation splits), each process reading its own shard.
+  """
+  if isinstance(data, input_pipeline.StreamingData):
+    local = config.global_batch_size // jax.process_count()
+    return tuple(evaluate.extract_features_stream(model, variables,
+                                                  data.eval_batches(split, local), mesh)
+                 for split in ("train", "validation"))
+  train = evaluate.extract_features(model, variables, images["train"], mesh)
+  test = evaluate.extract_features(model, variables, images["test"], mesh)
+  return (*train, data.train_labels), (*test, data.test_labels)
+
+
 def probe_model(config, model, variables, data, images, mesh):
   """kNN / 1-NN and the linear probe (backbone features) of a network."""
-  train_h, train_z = evaluate.extract_features(model, variables, images["train"], mesh)
-  test_h, test_z = evaluate.extract_features(model, variables, images["test"], mesh)
-  results = _knn(config, data, train_h, train_z, test_h, test_z)
-  probe = evaluate.linear_probe(train_h, data.train_labels, test_h, data.test_labels,
+  train, test = split_features(config, model, variables, data, images, mesh)
+  results = _knn(config, data.num_classes, train, test)
+  probe = evaluate.linear_probe(train[0], train[2], test[0], test[2],
                                 **probe_options(config, data))
   results.update(linear_top1=probe["top1"], linear_top5=probe["top5"])
   return results
 
 
-def _knn(config, data, train_h, train_z, test_h, test_z):
+def _knn(config, num_classes, train, test):
+  """kNN and 1-NN top-1 from (h, z, labels) of the train and test splits."""
   if config.knn_features == "backbone":
-    train_f, test_f = evaluate.normalize(train_h), evaluate.normalize(test_h)
+    train_f, test_f = evaluate.normalize(train[0]), evaluate.normalize(test[0])
   else:
-    train_f, test_f = train_z, test_z
-  knn, nn1 = evaluate.knn_accuracy(train_f, data.train_labels, test_f, data.test_labels,
-                                   k=config.knn_k, temperature=config.knn_temperature,
-                                   num_classes=data.num_classes)
+    train_f, test_f = train[1], test[1]
+  knn, nn1 = evaluate.knn_accuracy(train_f, train[2], test_f, test[2], k=config.knn_k,
+                                   temperature=config.knn_temperature, num_classes=num_classes)
   return {"knn_top1": knn, "nn1_top1": nn1}
 
 
@@ -406,17 +447,12 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
     _check_resume_config(workdir, config, data.num_pretrain)
 
   replicated = NamedSharding(mesh, P())
-  images = {
-      "train": input_pipeline.to_device(data.train_images, config.image_size, replicated),
-      "test": input_pipeline.to_device(data.test_images, config.image_size, replicated),
-  }
-  images["pretrain"] = (images["train"] if data.pretrain_images is None else
-                        input_pipeline.to_device(data.pretrain, config.image_size, replicated))
+  streaming = isinstance(data, input_pipeline.StreamingData)
+  images, image_shape = device_images(config, data, mesh)
   num_rows = data.num_pretrain  # memory-bank rows: one per pretraining image
   mean, std = data.channel_stats()
   model = models.build_encoder(config, mean, std, bn_axis_name=AXIS)
   tx, _ = make_optimizer(config, num_rows)
-  image_shape = images["train"].shape[1:]
   init_state = create_train_state(config, model, tx, method, num_rows, image_shape)
   num_steps = total_steps(config, num_rows)
 
@@ -436,7 +472,15 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   if resumed_from == 0:
     writer.write_hparams({k: v for k, v in json.loads(config.to_json()).items()
                           if not isinstance(v, dict)})
-  train_step = make_train_step(config, model, tx, method, num_rows, mesh)
+  train_step = make_train_step(config, model, tx, method, num_rows, mesh, streaming=streaming)
+  if streaming:
+    stream = data.train_batches(config.seed, resumed_from, config.global_batch_size,
+                                steps_per_epoch(config, num_rows))
+    batch_sharding = NamedSharding(mesh, P(AXIS))
+    to_global = lambda x: jax.make_array_from_process_local_data(batch_sharding, x)
+    step_inputs = lambda: tuple(map(to_global, next(stream)))
+  else:
+    step_inputs = lambda: (images["pretrain"],)
   band_fn = make_band_fn(config, num_rows)
   band_start = [float(x) for x in band_fn(0, init_state.ring_state)[0]]
 
@@ -475,7 +519,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
 
   with _Preemption() as preemption:
     while step < stop_at:
-      state, metrics = train_step(state, images["pretrain"])
+      state, metrics = train_step(state, *step_inputs())
       step += 1
       pending.append((step, metrics))
       if step % config.log_every_steps == 0 or step == stop_at:
@@ -506,9 +550,11 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   fresh = create_train_state(config, model, tx, method, num_rows, image_shape)
   init_vars = {"params": fresh.params, "batch_stats": fresh.batch_stats}
   random_init = probe_model(config, model, init_vars, data, images, mesh)
-  raw = evaluate.linear_probe(np.asarray(images["train"]), data.train_labels,
-                              np.asarray(images["test"]), data.test_labels,
-                              **probe_options(config, data))
+  raw = {"top1": None}  # pixels of streamed data are never all in memory: no pixel probe
+  if not streaming:
+    raw = evaluate.linear_probe(np.asarray(images["train"]), data.train_labels,
+                                np.asarray(images["test"]), data.test_labels,
+                                **probe_options(config, data))
   final_band = band_fn(step - 1, state.ring_state)[0]
   sha, l2 = params_digest(state.params)
   if not last_metrics:  # a finished run started again: its last logged training metrics
@@ -539,7 +585,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       "num_devices": num_devices,
       "num_train": data.num_train,
       "num_pretrain": num_rows,
-      "num_test": int(len(data.test_labels)),
+      "num_test": data.num_test,
   }
   writer.write_scalars(step, {k: v for k, v in final.items()})
   writer.flush()
@@ -552,6 +598,5 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
 
 def probe_knn(config, model, state, data, images, mesh):
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  train_h, train_z = evaluate.extract_features(model, variables, images["train"], mesh)
-  test_h, test_z = evaluate.extract_features(model, variables, images["test"], mesh)
-  return _knn(config, data, train_h, train_z, test_h, test_z)
+  train, test = split_features(config, model, variables, data, images, mesh)
+  return _knn(config, data.num_classes, train, test)

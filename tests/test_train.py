@@ -149,7 +149,7 @@ def test_bad_config_raises_before_compiling(tmp_path, monkeypatch, field, value,
 
 
 def test_unknown_preset_and_unknown_field():
-  with pytest.raises(ValueError, match="allowed values: digits, cifar10, cifar100, stl10"):
+  with pytest.raises(ValueError, match="allowed values: digits, cifar10, cifar100, stl10, imagenet2012"):
     config_lib.default_config("imagenet")
   config = config_lib.default_config()
   config.bogus = 1
