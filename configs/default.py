@@ -5,7 +5,7 @@
 #
 # Runtime: about 1 minute on a 2-core CPU (embedded digits preset, compilation included).
 # Expected result: linear_top1 ~0.97-0.98 and nn1_top1 ~0.96-0.98 on the digits test split.
-# `--config=configs/default.py:cifar10` (also cifar100, stl10) picks a tfds dataset preset.
+# `--config=configs/default.py:cifar10` (also cifar100, stl10, imagenet2012) picks a tfds preset.
 """Default configuration: get_config(preset) with preset in digits | cifar10 | cifar100 | stl10."""
 
 from mi_contrast import config

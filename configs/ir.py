@@ -5,7 +5,7 @@
 # Runtime: about 1 minute on a 2-core CPU (embedded digits preset, compilation included).
 # Expected result: linear_top1 ~0.97-0.98, nn1_top1 ~0.96-0.98 on the digits test split;
 # bound_nats below log_k_plus_1 = log(1025) = 6.93 nats.
-# `--config=configs/ir.py:cifar10` (also cifar100, stl10) uses the reference CIFAR setup.
+# `--config=configs/ir.py:cifar10` (also cifar100, stl10, imagenet2012) uses the reference setup.
 """IR with uniform negatives."""
 
 from mi_contrast import config

@@ -7,7 +7,7 @@
 # Runtime: about 1 minute on a 2-core CPU (embedded digits preset, compilation included).
 # Expected result: linear_top1 ~0.97-0.98, nn1_top1 ~0.96-0.98 on the digits test split, the
 # raw-pixel probe matched or beaten; band [0.0, 0.9] at the start, [0.9, 0.99] at the end.
-# `--config=configs/ring.py:cifar10` (also cifar100, stl10) uses the reference CIFAR setup.
+# `--config=configs/ring.py:cifar10` (also cifar100, stl10, imagenet2012) uses the reference setup.
 """IR Ring with linear annealing of the outer fraction."""
 
 from mi_contrast import config
