@@ -12,6 +12,7 @@ Data order and randomness are functions of (seed, step) only, so a run restarted
 checkpoint continues exactly, and the device count never changes the math.
 """
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -141,6 +142,20 @@ def view_recipes(config, method):
                      f"{config.method!r} uses {method.NUM_VIEWS} view(s): give one name, or "
                      f"{method.NUM_VIEWS} names separated by commas.")
   return recipes
+
+
+def _device_prefetch(host_batches, sharding, depth=2):
+  """Host batches -> global device arrays, `depth` batches ahead of the step that uses them
+  (the transfers are asynchronous, so they overlap the running step)."""
+  queue = collections.deque()
+  to_global = lambda batch: tuple(jax.make_array_from_process_local_data(sharding, x)
+                                  for x in batch)
+  for batch in host_batches:
+    queue.append(to_global(batch))
+    if len(queue) > depth:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()
 
 
 def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=False):
@@ -476,9 +491,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   if streaming:
     stream = data.train_batches(config.seed, resumed_from, config.global_batch_size,
                                 steps_per_epoch(config, num_rows))
-    batch_sharding = NamedSharding(mesh, P(AXIS))
-    to_global = lambda x: jax.make_array_from_process_local_data(batch_sharding, x)
-    step_inputs = lambda: tuple(map(to_global, next(stream)))
+    step_inputs = _device_prefetch(stream, NamedSharding(mesh, P(AXIS))).__next__
   else:
     step_inputs = lambda: (images["pretrain"],)
   band_fn = make_band_fn(config, num_rows)
