@@ -14,7 +14,7 @@ import pytest
 from mi_contrast import train
 from test_train import REPO, tiny_config
 
-FLAGS = ["--config=configs/ring.py", "--config.num_epochs=1", "--config.width=8",
+FLAGS = ["--config=configs/ring.py", "--config.num_epochs=2", "--config.width=8",
          "--config.head_hidden=32", "--config.embedding_dim=16", "--config.num_negatives=64",
          "--config.global_batch_size=64", "--config.probe_epochs=2", "--config.warmup_epochs=0",
          "--config.checkpoint_every_steps=4", "--config.log_every_steps=2",
@@ -54,7 +54,7 @@ def _start_and_signal(workdir, sig, after_checkpoints):
   while len(_checkpoint_steps(workdir)) < after_checkpoints and proc.poll() is None:
     assert time.time() < deadline, "no checkpoint appeared"
     time.sleep(0.05)
-  time.sleep(random.uniform(0.0, 1.5))  # a random moment after the checkpoint
+  time.sleep(random.uniform(0.0, 0.1))  # a random moment, well before the run can finish
   if proc.poll() is None:
     proc.send_signal(sig)
   out, _ = proc.communicate(timeout=300)
@@ -70,7 +70,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_sigkill_then_same_command_ends_bit_identical(tmp_path, uninterrupted):
   workdir = str(tmp_path / "killed")
-  code, _ = _start_and_signal(workdir, signal.SIGKILL, after_checkpoints=1)
+  code, _ = _start_and_signal(workdir, signal.SIGKILL, after_checkpoints=random.randint(1, 3))
   assert code == -signal.SIGKILL
   assert not os.path.exists(os.path.join(workdir, "results.json"))
   results, _ = _run_to_end(workdir)
