@@ -37,7 +37,7 @@ def main():
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results",
                                                     "fault_injection.json"))
   parser.add_argument("--flags", nargs="*", default=[
-      "--config.num_epochs=8", "--config.checkpoint_every_steps=3",
+      "--config.num_epochs=30", "--config.checkpoint_every_steps=3",
       "--config.log_every_steps=3", "--config.eval_every_steps=1000"])
   args = parser.parse_args()
   rng = random.Random(args.seed)
