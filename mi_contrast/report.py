@@ -218,7 +218,8 @@ def render_markdown(workdir, records, results, config, evaluation):
     for key in sorted(set(results) - shown):
       value = results[key]
       if isinstance(value, (int, float)) and not isinstance(value, bool):
-        lines.append(f"| {key} | {_format(value, 'number')} |")
+        kind = "integer" if isinstance(value, int) else "number"
+        lines.append(f"| {key} | {_format(value, kind)} |")
     lines.append("")
     if "bound_nats" in results and "log_k_plus_1" in results:
       gap = results["log_k_plus_1"] - results["bound_nats"]
