@@ -44,6 +44,7 @@ __all__ = [
     "tuba",
     "js",
     "interpolated_infonce",
+    "neighbour_view_objective",
 ]
 
 
@@ -332,3 +333,39 @@ def interpolated_infonce(pos, neg, alpha, log_baseline=1.0):
   base_neg = mix(_logmeanexp(neg), log_baseline)
   marginal = jnp.exp(_logmeanexp(neg) - base_neg)
   return 1.0 + joint - marginal
+
+
+def neighbour_view_objective(pos, scores, positive_mask, negative_mask):
+  """Neighbour views (LA-like): pool entries in ``positive_mask`` count as extra positives.
+
+  Formula, per example, with P the extra positives (e.g. the inner ball of the ring,
+  ``negatives.neighbour_masks``) and S the negatives (e.g. the ring)::
+
+      value = logsumexp([pos, scores_P]) - logsumexp([pos, scores_P, scores_S])
+
+  the log-probability that the positive set wins against the negatives: Local Aggregation's
+  objective with its close neighbours C_i = {i} u P (Zhuang et al. 2019), and the reference
+  code's ``neighbor_views`` option (Wu et al. 2020). It is <= 0 and not an MI bound by itself:
+  close neighbours act as noisy copies of the anchor, which loosens the bound (Wu et al. 2020,
+  Cor. 5.4.1); report ``infonce`` of the same scores as the bound. With an empty P it equals
+  ``infonce(pos, scores, negative_mask) - log(1 + |S|)``.
+
+  Args:
+    pos: ``[...]`` positive scores.
+    scores: ``[..., P]`` scores of the pool.
+    positive_mask, negative_mask: bool, broadcastable to ``[..., P]``; entries in neither are
+      ignored (masked entries get no gradient). An entry in both counts as a positive.
+
+  Returns:
+    ``[...]`` float32 values in nats.
+  """
+  pos = _f32(pos)
+  scores = _f32(scores)
+  positive_mask = jnp.broadcast_to(jnp.asarray(positive_mask, bool), scores.shape)
+  negative_mask = jnp.broadcast_to(jnp.asarray(negative_mask, bool), scores.shape)
+  column = pos[..., None]
+  numerator = jnp.concatenate([column, jnp.where(positive_mask, scores, -jnp.inf)], axis=-1)
+  either = positive_mask | negative_mask
+  denominator = jnp.concatenate([column, jnp.where(either, scores, -jnp.inf)], axis=-1)
+  return jax.nn.logsumexp(numerator, axis=-1) - jax.nn.logsumexp(denominator, axis=-1)
+

@@ -298,3 +298,24 @@ def test_loss_decreases_under_gradient_steps():
       grads = grad(params)
       params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
     assert float(loss(params)) < first, name
+
+
+def test_neighbour_view_objective_matches_numpy_and_reduces_to_infonce():
+  rng = np.random.RandomState(3)
+  pos = rng.randn(5).astype(np.float32) * 3
+  scores = rng.randn(5, 12).astype(np.float32) * 3
+  extra = rng.rand(5, 12) < 0.2
+  negs = (rng.rand(5, 12) < 0.6) & ~extra
+  got = np.asarray(bounds.neighbour_view_objective(pos, scores, extra, negs))
+  for i in range(5):
+    num = np.concatenate([[pos[i]], scores[i][extra[i]]]).astype(np.float64)
+    den = np.concatenate([num, scores[i][negs[i]]])
+    want = np.log(np.exp(num).sum()) - np.log(np.exp(den).sum())
+    assert abs(got[i] - want) < 1e-4
+  assert np.all(got <= 1e-6)
+  none = np.zeros_like(extra)
+  reduced = bounds.neighbour_view_objective(pos, scores, none, negs)
+  expected = bounds.infonce(pos, scores, negs) - np.log1p(negs.sum(-1))
+  np.testing.assert_allclose(reduced, expected, atol=1e-5)
+  grad = jax.grad(lambda s: bounds.neighbour_view_objective(pos, s, extra, negs).sum())(scores)
+  assert np.all(np.asarray(grad)[~(extra | negs)] == 0)
