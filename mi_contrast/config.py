@@ -35,7 +35,7 @@ def base_config():
   c.sync_batch_norm = True     # BatchNorm statistics over the global batch (all devices)
 
   # Method: which pool, which negatives, which bound (see method-spec.md).
-  c.method = "ir"              # ir
+  c.method = "ir"              # ir | simclr
   c.negatives = "uniform"      # uniform | ball | ring
   c.bound = "infonce"          # infonce | nce (IR's original binary NCE)
   c.num_negatives = 1024       # K: negatives per anchor (the cap is log(K + 1))
@@ -122,7 +122,7 @@ def default_config(preset=None):
   return apply_preset(base_config(), preset)
 
 
-METHODS = ("ir",)
+METHODS = ("ir", "simclr")
 NEGATIVES = ("uniform", "ball", "ring")
 BOUNDS = ("infonce", "nce")
 MODELS = ("resnet_digits", "resnet18", "resnet50")
@@ -223,6 +223,11 @@ def validate(config, *, num_devices, num_train=None):
   if config.bound == "nce" and config.negatives != "uniform":
     _fail("bound", config.bound, "infonce with ball or ring negatives (IR's NCE assumes uniform "
           "noise 1/N; set config.negatives = 'uniform' to use it)")
+  if config.method == "simclr" and (config.bound != "infonce" or config.candidates):
+    _fail("bound" if config.bound != "infonce" else "candidates",
+          config.bound if config.bound != "infonce" else config.candidates,
+          "bound = 'infonce' and candidates = 0 for method 'simclr' (its negatives are the "
+          "global batch)")
   if not isinstance(config.views, str) or not all(config.views.split(",")):
     _fail("views", config.views, "a recipe name from mi_contrast.views.RECIPES, or one name "
           "per view separated by commas")

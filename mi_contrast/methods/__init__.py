@@ -8,9 +8,10 @@ A method module provides:
 """
 
 from mi_contrast.methods import ir
+from mi_contrast.methods import simclr
 from mi_contrast.methods.base import Band, Objective
 
-REGISTRY = {"ir": ir}
+REGISTRY = {"ir": ir, "simclr": simclr}
 
 
 def get(name):

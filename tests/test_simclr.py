@@ -1,0 +1,68 @@
+"""SimCLR: NT-Xent equality with optax, device-count invariance, loss decreases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from mi_contrast import methods
+from mi_contrast import memory
+from mi_contrast import train
+from test_train import _one_step, tiny_config
+
+
+def _objective(config, z, band=None):
+  """The method's objective on one device (axis 'batch' of size 1)."""
+  mesh = train.make_mesh(jax.devices()[:1])
+  band = band or methods.Band(jnp.float32(0.0), jnp.float32(1.0))
+  fn = lambda z: methods.get("simclr").objective(config, z, None, {}, None, band)
+  return jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)(z)
+
+
+def test_equals_optax_ntxent():
+  config = tiny_config("uniform", method="simclr")
+  z = memory.l2_normalize(jax.random.normal(jax.random.PRNGKey(0), (2, 12, 16)))
+  out = _objective(config, z)
+  ours = -jnp.mean(out.value - out.cap)  # InfoNCE without its + log(K + 1)
+  labels = jnp.concatenate([jnp.arange(12), jnp.arange(12)])
+  reference = optax.losses.ntxent(z.reshape(24, 16), labels, temperature=config.temperature)
+  np.testing.assert_allclose(ours, reference, rtol=1e-5)
+  np.testing.assert_allclose(out.cap, np.log(2 * 12 - 1), rtol=1e-6)
+
+
+def test_ring_keeps_the_band_of_the_other_negatives():
+  config = tiny_config("ring", method="simclr")
+  z = memory.l2_normalize(jax.random.normal(jax.random.PRNGKey(1), (2, 16, 8)))
+  band = methods.Band(jnp.float32(0.5), jnp.float32(0.95))
+  out = _objective(config, z, band)
+  # The band of 2B = 32 candidates keeps ranks [floor(0.05 * 32), floor(0.5 * 32)) = [1, 16);
+  # self and positive rank last, so 15 negatives are kept for every anchor.
+  np.testing.assert_allclose(out.cap, np.log(1 + 15), rtol=1e-6)
+  full = _objective(tiny_config("uniform", method="simclr"), z)
+  assert np.all(np.asarray(out.cap) < np.asarray(full.cap))
+
+
+@pytest.mark.parametrize("negatives", ["uniform", "ring"])
+def test_one_device_and_eight_devices_agree(negatives):
+  config = tiny_config(negatives, method="simclr")
+  m1, g1, _ = _one_step(config, jax.devices()[:1])
+  m8, g8, _ = _one_step(config, jax.devices())
+  assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-5)
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(g1))
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)):
+    np.testing.assert_allclose(a, b, atol=2e-4 * scale, rtol=2e-3)
+
+
+def test_loss_decreases_under_a_few_gradient_steps():
+  config = tiny_config("ring", method="simclr")
+  band = methods.Band(jnp.float32(0.3), jnp.float32(0.97))
+  w = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 8))
+  loss = lambda w: -jnp.mean(_objective(config, memory.l2_normalize(w), band).value)
+  losses = []
+  for _ in range(5):
+    value, grad = jax.value_and_grad(loss)(w)
+    losses.append(float(value))
+    w = w - 0.5 * grad
+  assert losses[-1] < losses[0] - 0.1, losses
