@@ -166,8 +166,6 @@ class StreamingData:
   resize: int
   process_index: int = 0
   process_count: int = 1
-  pretrain_images = None
-  train_labels = None
 
   @property
   def num_pretrain(self) -> int:

@@ -97,7 +97,10 @@ def make_optimizer(config, num_train):
 
 
 def make_band_fn(config, num_train):
-  """(step, ring_state) -> (Band, outer fraction): traced, so annealing never recompiles."""
+  """(step, ring_state) -> (Band, outer fraction): traced, so annealing never recompiles.
+
+  A ball is the band with inner fraction 0, i.e. upper = 1.0; methods use the band as given.
+  """
   spe = steps_per_epoch(config, num_train)
   total = total_steps(config, num_train)
   ring = config.ring

@@ -46,9 +46,8 @@ def objective(config, z, indices, state, rng, band):
     scores = z @ bank.T / tau
     neg = jnp.take_along_axis(scores, neg_rows, axis=1)
   else:
-    upper = band.upper if config.negatives == "ring" else jnp.float32(1.0)
     neg, _ = negatives_lib.band_negatives(
-        rng, z, bank, band.lower, upper, k, temperature=tau,
+        rng, z, bank, band.lower, band.upper, k, temperature=tau,
         candidates=config.candidates or None, anchor_ids=indices)
   infonce = bounds.infonce(pos, neg)
   if config.bound == "nce":

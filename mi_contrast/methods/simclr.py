@@ -49,8 +49,7 @@ def objective(config, z, indices, state, rng, band):
   else:
     # Rank only the 2B - 2 candidates: self and positive go below every real score.
     ranked = jnp.where(candidate, jax.lax.stop_gradient(scores), -1e9)
-    upper = band.upper if config.negatives == "ring" else jnp.float32(1.0)
-    keep = negatives_lib.ring_mask(ranked, band.lower, upper) & candidate
+    keep = negatives_lib.ring_mask(ranked, band.lower, band.upper) & candidate
   value = bounds.infonce(pos, scores, keep)
   return Objective(value=value, bound=value, cap=bounds.infonce_cap(scores, keep))
 
