@@ -131,6 +131,9 @@ def test_resume_continues_exactly(tmp_path):
     ("temperature", 0.0, "temperature"),
     ("temperature", -1.0, "temperature"),
     ("negatives", "annulus", "negatives"),
+    ("knn_features", "pixels", "knn_features"),
+    ("pretrain_split", "unlabelled", "pretrain_split"),
+    ("stream_resize", 4, "stream_resize"),
 ])
 def test_bad_config_raises_before_compiling(tmp_path, monkeypatch, field, value, needle):
   overrides = {field: value}
