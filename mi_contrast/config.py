@@ -35,7 +35,7 @@ def base_config():
   c.sync_batch_norm = True     # BatchNorm statistics over the global batch (all devices)
 
   # Method: which pool, which negatives, which bound (see method-spec.md).
-  c.method = "ir"              # ir | simclr
+  c.method = "ir"              # ir | la | cmc | moco | simclr
   c.negatives = "uniform"      # uniform | ball | ring
   c.bound = "infonce"          # infonce | nce (IR's original binary NCE)
   c.num_negatives = 1024       # K: negatives per anchor (the cap is log(K + 1))
@@ -43,6 +43,25 @@ def base_config():
   c.bank_momentum = 0.0        # M[i] <- normalise(m M[i] + (1 - m) z); the paper: m = 0
   c.candidates = 0             # 0: exact band over the whole bank; M > 0: band over M random rows
   c.views = "digits"           # views.RECIPES name for every view, or 'name1,name2' per view
+  c.num_views = 0              # views per image; 0 = the method's own (IR 1, SimCLR/MoCo 2)
+
+  # MoCo: momentum key encoder and FIFO queue (num_negatives = queue length K, a multiple of the
+  # global batch size).
+  c.moco = ml_collections.ConfigDict()
+  c.moco.momentum = 0.99       # key encoder EMA xi <- m xi + (1 - m) theta (reference 0.999)
+  c.moco.bn_groups = 8         # shuffle-BN groups of the global batch (0: one per device)
+
+  # LA: k-means close neighbours within the background neighbours, warm-started from IR.
+  c.la = ml_collections.ConfigDict()
+  c.la.num_clusterings = 10    # k-means runs with different seeds (reference 10)
+  c.la.num_clusters = 40       # k per clustering (reference 30000 for ImageNet's 1.28M)
+  c.la.kmeans_iterations = 20
+  c.la.background = 256        # background neighbours: nearest bank rows (reference 4096)
+  c.la.warmup_epochs = 5       # IR epochs before the LA objective (reference 10)
+
+  # CMC: L and ab encoders on the Lab colour space, two banks.
+  c.cmc = ml_collections.ConfigDict()
+  c.cmc.width = "full"         # full | half: each stream's width relative to config.model's
 
   # The ring (authors' parameterisation): outer fraction rho_o annealed, inner fraction rho_i.
   c.ring = ml_collections.ConfigDict()
@@ -111,6 +130,10 @@ def apply_preset(c, preset):
   c.probe_epochs = 100
   c.probe_learning_rate = 0.01
   c.probe_weight_decay = 1e-5
+  c.moco.momentum = 0.999
+  c.la.background = 4096
+  c.la.warmup_epochs = 10
+  c.la.num_clusters = {"imagenet2012": 30000, "cifar100": 1000}.get(preset, 1000)
   if preset == "imagenet2012":  # 5,004 steps per epoch; kNN and probes read the whole split
     c.eval_every_steps = 25020
     c.checkpoint_every_steps = 5004
@@ -122,7 +145,8 @@ def default_config(preset=None):
   return apply_preset(base_config(), preset)
 
 
-METHODS = ("ir", "simclr")
+METHODS = ("ir", "la", "cmc", "moco", "simclr")
+CMC_WIDTHS = ("full", "half")
 NEGATIVES = ("uniform", "ball", "ring")
 BOUNDS = ("infonce", "nce")
 MODELS = ("resnet_digits", "resnet18", "resnet50")
@@ -195,6 +219,7 @@ def validate(config, *, num_devices, num_train=None):
   _choice(config, "knn_features", KNN_FEATURES)
   _choice(config, "pretrain_split", PRETRAIN_SPLITS if config.dataset == "stl10" else ("train",))
   _choice(config, "ring.schedule", RING_SCHEDULES)
+  _choice(config, "cmc.width", CMC_WIDTHS)
   for field in ("download", "sync_batch_norm", "ring.dynamic_inner"):
     value = config
     for part in field.split("."):
@@ -214,6 +239,7 @@ def validate(config, *, num_devices, num_train=None):
   _number(config, "temperature", 0.0, None, low_open=True)
   _number(config, "bank_momentum", 0.0, 1.0, high_open=True)
   _number(config, "candidates", 0, None, integer=True)
+  _number(config, "num_views", 0, 8, integer=True)
   num_negatives = _number(config, "num_negatives", 1, None, integer=True)
   if num_train is not None and num_negatives > num_train:
     _fail("num_negatives", num_negatives,
@@ -223,11 +249,41 @@ def validate(config, *, num_devices, num_train=None):
   if config.bound == "nce" and config.negatives != "uniform":
     _fail("bound", config.bound, "infonce with ball or ring negatives (IR's NCE assumes uniform "
           "noise 1/N; set config.negatives = 'uniform' to use it)")
-  if config.method == "simclr" and (config.bound != "infonce" or config.candidates):
+  pools = {"simclr": "the global batch", "moco": "the queue", "la": "the background "
+           "neighbours"}
+  if config.method in pools and (config.bound != "infonce" or config.candidates):
     _fail("bound" if config.bound != "infonce" else "candidates",
           config.bound if config.bound != "infonce" else config.candidates,
-          "bound = 'infonce' and candidates = 0 for method 'simclr' (its negatives are the "
-          "global batch)")
+          f"bound = 'infonce' and candidates = 0 for method {config.method!r} (its negatives "
+          f"are {pools[config.method]})")
+  from mi_contrast import methods  # pylint: disable=g-import-not-at-top
+  methods.num_views(methods.get(config.method), config)  # raises for an unsupported count
+
+  _number(config, "moco.momentum", 0.0, 1.0, high_open=True)
+  bn_groups = _number(config, "moco.bn_groups", 0, None, integer=True)
+  _number(config, "la.num_clusterings", 1, None, integer=True)
+  _number(config, "la.num_clusters", 1, None, integer=True)
+  _number(config, "la.kmeans_iterations", 1, None, integer=True)
+  background = _number(config, "la.background", 1, None, integer=True)
+  _number(config, "la.warmup_epochs", 0, None, integer=True)
+  if config.method == "moco":
+    if config.num_negatives % config.global_batch_size:
+      _fail("num_negatives", config.num_negatives, "a multiple of global_batch_size "
+            f"({config.global_batch_size}) for method 'moco' (the queue length K; each step "
+            "enqueues one global batch of keys)")
+    groups = bn_groups or num_devices
+    if groups % num_devices or config.global_batch_size % groups:
+      _fail("moco.bn_groups", bn_groups, f"0 (one group per device) or a multiple of the "
+            f"device count ({num_devices}) that divides global_batch_size "
+            f"({config.global_batch_size})")
+  if config.method == "la":
+    if num_train is not None and background >= num_train:
+      _fail("la.background", background, f"1..{num_train - 1} (bank rows other than the anchor)")
+    if num_train is not None and config.la.num_clusters > num_train:
+      _fail("la.num_clusters", config.la.num_clusters, f"1..{num_train} (bank rows)")
+    if config.la.warmup_epochs >= config.num_epochs:
+      _fail("la.warmup_epochs", config.la.warmup_epochs,
+            f"0..{config.num_epochs - 1} (below num_epochs)")
   if not isinstance(config.views, str) or not all(config.views.split(",")):
     _fail("views", config.views, "a recipe name from mi_contrast.views.RECIPES, or one name "
           "per view separated by commas")

@@ -130,7 +130,8 @@ def create_train_state(config, model, tx, method, num_train, image_shape):
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables["batch_stats"],
       opt_state=tx.init(params),
-      method_state=method.init_state(jax.random.fold_in(root, 3), config, num_train),
+      method_state=method.init_state(jax.random.fold_in(root, 3), config, num_train,
+                                     {"params": params, "batch_stats": variables["batch_stats"]}),
       ring_state=ring_state, rng=root)
 
 
@@ -138,12 +139,13 @@ def view_recipes(config, method):
   """One recipe name per view: `config.views` is one name for every view, or one name per
   view separated by commas (e.g. 'mocov2,simclr')."""
   recipes = [name.strip() for name in config.views.split(",")]
+  num_views = methods.num_views(method, config)
   if len(recipes) == 1:
-    return recipes * method.NUM_VIEWS
-  if len(recipes) != method.NUM_VIEWS:
+    return recipes * num_views
+  if len(recipes) != num_views:
     raise ValueError(f"config.views = {config.views!r} names {len(recipes)} recipes; method "
-                     f"{config.method!r} uses {method.NUM_VIEWS} view(s): give one name, or "
-                     f"{method.NUM_VIEWS} names separated by commas.")
+                     f"{config.method!r} uses {num_views} view(s): give one name, or "
+                     f"{num_views} names separated by commas.")
   return recipes
 
 
@@ -174,6 +176,7 @@ def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=Fal
   batch = config.global_batch_size
   local = batch // num_devices
   recipes = view_recipes(config, method)
+  num_online = methods.online_views(method, config)
   band_fn = make_band_fn(config, num_train)
   _, lr_schedule = make_optimizer(config, num_train)
 
@@ -191,16 +194,23 @@ def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=Fal
     images = input_pipeline.as_float(images)
     views = views_lib.make_views(jax.random.fold_in(step_key, 0), images, recipes,
                                  image_ids=indices)
-    num_views = views.shape[0]
     band, outer = band_fn(step, state.ring_state)
+    context = methods.StepContext(
+        model=model, variables={"params": state.params, "batch_stats": state.batch_stats},
+        views=views, indices=indices, step=step, steps_per_epoch=spe,
+        rng=jax.random.fold_in(step_key, 2))
+    targets, method_state = methods.prepare(method, config, state.method_state, context)
+    online = views[:num_online]
 
     def loss_fn(params):
-      flat = views.reshape((num_views * local,) + views.shape[2:])
+      flat = online.reshape((num_online * local,) + online.shape[2:])
       (_, z), updated = model.apply({"params": params, "batch_stats": state.batch_stats}, flat,
                                     train=True, mutable=["batch_stats"])
-      z = memory.l2_normalize(z.astype(jnp.float32)).reshape(num_views, local, -1)
-      out = method.objective(config, z, indices, state.method_state,
-                             jax.random.fold_in(step_key, 1), band)
+      # z [V*b, D], or [V*b, S, D] for a multi-stream encoder (CMC: S = 2).
+      z = memory.l2_normalize(z.astype(jnp.float32))
+      z = z.reshape((num_online, local) + z.shape[1:])
+      out = method.objective(config, z, indices, method_state,
+                             jax.random.fold_in(step_key, 1), band, targets)
       return -jnp.mean(out.value), (out, z, updated["batch_stats"])
 
     (loss, (out, z, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -210,7 +220,7 @@ def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=Fal
     params = optax.apply_updates(state.params, updates)
     all_idx = jax.lax.all_gather(indices, AXIS, tiled=True)
     all_z = jax.lax.all_gather(jax.lax.stop_gradient(z), AXIS, axis=1, tiled=True)
-    method_state = method.update_state(config, state.method_state, all_idx, all_z)
+    method_state = method.update_state(config, method_state, all_idx, all_z, targets)
     loss = jax.lax.pmean(loss, AXIS)
     ring_state = state.ring_state
     if config.ring.schedule == "adaptive":

@@ -1,6 +1,8 @@
 """IR: instance recognition with a memory bank (Wu et al. 2018), as InfoNCE (Wu et al. 2020).
 
-One view per image and step. For anchor z_i (unit row) and bank M (unit rows, no gradient):
+One view per image and step (config.num_views = V > 1: every view is an anchor, the values are
+averaged over views, and the bank stores the normalised mean of the views). For anchor z_i
+(unit row) and bank M (unit rows, no gradient):
   positive  s_i+ = z_i . M[i] / tau                      (the image's own bank row)
   negatives s_ik = z_i . M[j_k] / tau,  k = 1..K         (uniform, ball or ring rows of M)
   value     = InfoNCE(s_i+, s_i)  = s_i+ - logsumexp([s_i+, s_i]) + log(K + 1)     [nats]
@@ -20,26 +22,36 @@ from mi_contrast import memory
 from mi_contrast import negatives as negatives_lib
 from mi_contrast.methods.base import Objective
 
-NUM_VIEWS = 1
+VIEWS = (1, 1, 8)
+ONLINE_VIEWS = None
 
 # IR's partition constant, an ImageNet estimate rescaled by the dataset size (Wu et al. 2018).
 _IR_Z_PER_ROW = 2876934.2 / 1281167
 
 
-def init_state(rng, config, num_train):
+def init_state(rng, config, num_train, variables):
+  del variables
   return {"bank": memory.bank_init(rng, num_train, config.embedding_dim)}
 
 
-def objective(config, z, indices, state, rng, band):
-  """z: [1, B, D] unit rows of this device's anchors; indices: [B] their dataset rows."""
-  z = z[0]
+def objective(config, z, indices, state, rng, band, targets=None):
+  """z: [V, b, D] unit rows of this device's anchors; indices: [b] their dataset rows.
+
+  Returns per-anchor values [V * b] (view-major).
+  """
+  del targets
+  num_views = z.shape[0]
+  z = z.reshape(-1, z.shape[-1])
   bank = jax.lax.stop_gradient(state["bank"]).astype(jnp.float32)
   num_rows = bank.shape[0]
   k = config.num_negatives
   tau = config.temperature
+  # View v of image i draws its own negatives: key id v * N + i.
+  anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
+  indices = jnp.tile(indices, num_views)
   pos = jnp.sum(z * bank[indices], axis=-1) / tau
   if config.negatives == "uniform":
-    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(indices)
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(anchor_ids)
     neg_rows = jax.vmap(lambda key: jax.random.randint(key, (k,), 0, num_rows))(keys)
     # Scores against the whole bank, then gathered: the backward is one dense matmul instead
     # of a [B, K, D] gather of bank rows.
@@ -48,7 +60,7 @@ def objective(config, z, indices, state, rng, band):
   else:
     neg, _ = negatives_lib.band_negatives(
         rng, z, bank, band.lower, band.upper, k, temperature=tau,
-        candidates=config.candidates or None, anchor_ids=indices)
+        candidates=config.candidates or None, anchor_ids=anchor_ids)
   infonce = bounds.infonce(pos, neg)
   if config.bound == "nce":
     log_z = math.log(_IR_Z_PER_ROW * num_rows)
@@ -59,6 +71,7 @@ def objective(config, z, indices, state, rng, band):
   return Objective(value=value, bound=infonce, cap=cap)
 
 
-def update_state(config, state, all_indices, all_z):
-  return {"bank": memory.bank_update(state["bank"], all_indices, all_z[0],
-                                     config.bank_momentum)}
+def update_state(config, state, all_indices, all_z, targets=None):
+  del targets
+  z = all_z[0] if all_z.shape[0] == 1 else memory.l2_normalize(jnp.mean(all_z, axis=0))
+  return {"bank": memory.bank_update(state["bank"], all_indices, z, config.bank_momentum)}

@@ -1,15 +1,16 @@
-"""SimCLR (Chen et al. 2020): two views per image, negatives from the whole global batch.
+"""SimCLR (Chen et al. 2020): V >= 2 views per image, negatives from the whole global batch.
 
-For the 2B unit embeddings of a global batch (view-major: view 0 of every image, then view 1),
-each anchor a = (view v, image i) on this device scores every embedding of the global batch:
-  scores  s_a = z_a . Z^T / tau                          [2B], all-gathered over the devices
-  positive     the other view of the same image
-  negatives    the other 2B - 2 embeddings (the anchor itself is masked out)
-  value        InfoNCE(positive, negatives), both directions (every view is an anchor once)
-The all-gather is differentiated through, so every embedding also gets the gradients of the
-anchors that used it as a negative: the loss is the global batch's, on 1 device or many.
-SimCLR Ring keeps only the negatives in the anchor's similarity band of those 2B - 2
-(reference: rho_o = 0.5, rho_i = 0.1); self and positive are ranked last and never kept.
+For the V*B unit embeddings of a global batch (view-major: view 0 of every image, then view 1,
+...), each anchor a = (view v, image i) on this device scores every embedding of the batch:
+  scores  s_a = z_a . Z^T / tau                          [V*B], all-gathered over the devices
+  positives    the other V - 1 views of the same image
+  negatives    the V*B - V embeddings of the other images (self and own views masked out)
+  value        mean over positives p of InfoNCE(s_ap, negatives); every view is an anchor once
+With V = 2 this is NT-Xent (symmetric, self-similarity masked). The all-gather is
+differentiated through, so every embedding also gets the gradients of the anchors that used it
+as a negative: the loss is the global batch's, on 1 device or many.
+SimCLR Ring keeps only the negatives in the anchor's similarity band of those V*B - V
+(reference: rho_o = 0.5, rho_i = 0.1); self and positives are ranked last and never kept.
 """
 
 import jax
@@ -19,41 +20,45 @@ from mi_contrast import bounds
 from mi_contrast import negatives as negatives_lib
 from mi_contrast.methods.base import Objective
 
-NUM_VIEWS = 2
+VIEWS = (2, 2, 8)
+ONLINE_VIEWS = None
 AXIS = "batch"
 
 
-def init_state(rng, config, num_train):
-  del rng, config, num_train
+def init_state(rng, config, num_train, variables):
+  del rng, config, num_train, variables
   return {}
 
 
-def objective(config, z, indices, state, rng, band):
-  """z: [2, b, D] unit rows of this device's images; returns per-anchor values [2b]."""
-  del indices, state, rng
-  _, local, dim = z.shape
-  everyone = jax.lax.all_gather(z, AXIS, axis=1, tiled=True)   # [2, B, D]
+def objective(config, z, indices, state, rng, band, targets=None):
+  """z: [V, b, D] unit rows of this device's images; returns per-anchor values [V * b]."""
+  del indices, state, rng, targets
+  num_views, local, dim = z.shape
+  everyone = jax.lax.all_gather(z, AXIS, axis=1, tiled=True)   # [V, B, D]
   batch = everyone.shape[1]
   first = jax.lax.axis_index(AXIS) * local
-  anchors = z.reshape(2 * local, dim)
-  scores = anchors @ everyone.reshape(2 * batch, dim).T / config.temperature  # [2b, 2B]
-  view = jnp.repeat(jnp.arange(2), local)
-  image = first + jnp.tile(jnp.arange(local), 2)
-  self_col = view * batch + image
-  pos_col = (1 - view) * batch + image
-  pos = jnp.take_along_axis(scores, pos_col[:, None], axis=1)[:, 0]
-  columns = jnp.arange(2 * batch)[None, :]
-  candidate = (columns != self_col[:, None]) & (columns != pos_col[:, None])
+  anchors = z.reshape(num_views * local, dim)
+  scores = anchors @ everyone.reshape(num_views * batch, dim).T / config.temperature
+  view = jnp.repeat(jnp.arange(num_views), local)                  # [V*b]
+  image = first + jnp.tile(jnp.arange(local), num_views)           # [V*b]
+  columns = jnp.arange(num_views * batch)
+  same_image = (columns % batch)[None, :] == image[:, None]        # [V*b, V*B]
+  candidate = ~same_image
   if config.negatives == "uniform":
     keep = candidate
   else:
-    # Rank only the 2B - 2 candidates: self and positive go below every real score.
+    # Rank only the V*B - V candidates: self and positives go below every real score.
     ranked = jnp.where(candidate, jax.lax.stop_gradient(scores), -1e9)
     keep = negatives_lib.ring_mask(ranked, band.lower, band.upper) & candidate
-  value = bounds.infonce(pos, scores, keep)
+  # Positive p = (view u != v, same image): the other views, in view order.
+  others = jnp.stack([jnp.where(jnp.arange(num_views - 1) < v, jnp.arange(num_views - 1),
+                                jnp.arange(num_views - 1) + 1) for v in range(num_views)])
+  pos_cols = others[view] * batch + image[:, None]                 # [V*b, V-1]
+  pos = jnp.take_along_axis(scores, pos_cols, axis=1)
+  value = jnp.mean(jax.vmap(bounds.infonce, in_axes=(1, None, None))(pos, scores, keep), axis=0)
   return Objective(value=value, bound=value, cap=bounds.infonce_cap(scores, keep))
 
 
-def update_state(config, state, all_indices, all_z):
-  del config, all_indices, all_z
+def update_state(config, state, all_indices, all_z, targets=None):
+  del config, all_indices, all_z, targets
   return state

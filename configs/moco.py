@@ -1,0 +1,22 @@
+# MoCo v2: a query encoder with gradients, a momentum (EMA) key encoder with shuffle-BN, and a
+# FIFO queue of K = num_negatives past keys as negatives (InfoNCE over [positive key, queue]).
+#
+#   python -m mi_contrast.main --config=configs/moco.py --workdir=/tmp/mi_moco
+#
+# Runtime: see the README method table (embedded digits preset, 2-core CPU).
+# `--config=configs/moco.py:cifar10` (also cifar100, stl10, imagenet2012): K = 4096 (65536 for
+# imagenet2012), m = 0.999, the MoCo v2 views.
+"""MoCo v2 with uniform negatives (the whole queue)."""
+
+from mi_contrast import config
+
+
+def get_config(preset=None):
+  c = config.default_config(preset)
+  c.method = "moco"
+  c.negatives = "uniform"
+  c.bound = "infonce"
+  if c.dataset != "digits":
+    c.views = "mocov2"
+    c.num_negatives = 65536 if c.dataset == "imagenet2012" else 4096
+  return c

@@ -1,0 +1,110 @@
+"""MoCo v2 (He et al. 2020; Chen et al. 2020): query encoder, momentum key encoder, FIFO queue.
+
+Two views per image and step. View 0 goes through the online (query) encoder f_theta with
+gradients, view 1 through the key encoder f_xi without:
+  xi    <- m xi + (1 - m) theta                      EMA of the parameters, before the keys
+  q      = normalise(f_theta(view 0))                [b, D]
+  k+     = normalise(f_xi(view 1))                   [b, D], shuffle-BN (below)
+  value  = InfoNCE(q.k+ / tau, q.Q^T / tau)          Q: the queue of K past keys [K, D], nats
+  Q     <- FIFO enqueue of the global batch's k+     (pointer += B mod K; K % B == 0)
+MoCo Ring keeps only the queue entries in the query's similarity band (every entry of the band,
+as the reference MoCoRing does, so K follows the band and the cap is log(1 + kept)).
+Shuffle-BN: the key encoder's BatchNorm statistics are computed per group of B / G images
+(G = config.moco.bn_groups) of a random permutation of the global batch, built from
+collectives: all-gather the key views, take this device's share of the permutation, embed
+G / n_devices groups, all-gather the keys and undo the permutation. The groups do not depend
+on the device count, so one device computes the same keys as eight. The key encoder's running
+statistics are the mean of its groups' (they only matter if the key encoder is evaluated).
+Queue init: random unit rows (reference).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from mi_contrast import bounds
+from mi_contrast import memory
+from mi_contrast import negatives as negatives_lib
+from mi_contrast.methods.base import Objective
+
+VIEWS = (2, 2, 2)
+ONLINE_VIEWS = 1
+AXIS = "batch"
+
+
+def init_state(rng, config, num_train, variables):
+  del num_train
+  queue = memory.l2_normalize(
+      jax.random.normal(rng, (config.num_negatives, config.embedding_dim), jnp.float32))
+  copy = lambda tree: jax.tree.map(jnp.array, tree)
+  return {"key_params": copy(variables["params"]),
+          "key_batch_stats": copy(variables["batch_stats"]),
+          "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)}
+
+
+def shuffled_keys(config, model, key_variables, images, rng):
+  """Keys of this device's images [b, ...] with shuffle-BN: ([b, D] unit keys, batch_stats).
+
+  Must run inside a shard_map over the axis 'batch'.
+  """
+  local = images.shape[0]
+  everyone = jax.lax.all_gather(images, AXIS, tiled=True)           # [B, ...]
+  batch = everyone.shape[0]
+  num_devices = batch // local
+  groups = config.moco.bn_groups or num_devices
+  if groups % num_devices or batch % groups:
+    raise ValueError(f"config.moco.bn_groups = {groups} must be a multiple of the device count "
+                     f"({num_devices}) and divide the global batch ({batch}).")
+  perm = jax.random.permutation(rng, batch)                         # the same on every device
+  first = jax.lax.axis_index(AXIS) * local
+  mine = everyone[jax.lax.dynamic_slice(perm, (first,), (local,))]
+  per_device = groups // num_devices
+  grouped = mine.reshape((per_device, local // per_device) + mine.shape[1:])
+  key_model = model.clone(bn_axis_name=None)  # statistics per group, never across devices
+
+  def embed(x):
+    (_, k), updated = key_model.apply(key_variables, x, train=True, mutable=["batch_stats"])
+    return memory.l2_normalize(k.astype(jnp.float32)), updated["batch_stats"]
+
+  keys, stats = jax.vmap(embed)(grouped)
+  keys = keys.reshape(local, -1)
+  all_keys = jax.lax.all_gather(keys, AXIS, tiled=True)             # [B, D], permuted order
+  unshuffled = jnp.zeros_like(all_keys).at[perm].set(all_keys)
+  stats = jax.lax.pmean(jax.tree.map(lambda s: jnp.mean(s, axis=0), stats), AXIS)
+  return jax.lax.dynamic_slice_in_dim(unshuffled, first, local), stats
+
+
+def prepare(config, state, ctx):
+  """EMA of the key encoder, then the keys of view 1 (no gradient)."""
+  m = config.moco.momentum
+  key_params = jax.tree.map(lambda k, q: m * k + (1.0 - m) * q, state["key_params"],
+                            ctx.variables["params"])
+  keys, key_stats = shuffled_keys(
+      config, ctx.model, {"params": key_params, "batch_stats": state["key_batch_stats"]},
+      ctx.views[1], ctx.rng)
+  keys = jax.lax.stop_gradient(keys)
+  return keys, dict(state, key_params=key_params, key_batch_stats=key_stats)
+
+
+def objective(config, z, indices, state, rng, band, targets):
+  """z: [1, b, D] unit queries; targets: [b, D] their unit keys. Values [b]."""
+  del indices, rng
+  q = z[0]
+  tau = config.temperature
+  queue = jax.lax.stop_gradient(state["queue"]).astype(jnp.float32)
+  pos = jnp.sum(q * targets, axis=-1) / tau
+  neg = q @ queue.T / tau                                            # [b, K]
+  keep = None
+  if config.negatives != "uniform":
+    keep = negatives_lib.ring_mask(jax.lax.stop_gradient(neg), band.lower, band.upper)
+  value = bounds.infonce(pos, neg, keep)
+  return Objective(value=value, bound=value, cap=bounds.infonce_cap(neg, keep))
+
+
+def update_state(config, state, all_indices, all_z, targets):
+  """Enqueue the global batch's keys (FIFO)."""
+  del config, all_indices, all_z
+  keys = jax.lax.all_gather(targets, AXIS, tiled=True)              # [B, D]
+  queue = jax.lax.dynamic_update_slice_in_dim(
+      state["queue"], keys.astype(state["queue"].dtype), state["queue_ptr"], axis=0)
+  ptr = (state["queue_ptr"] + keys.shape[0]) % queue.shape[0]
+  return dict(state, queue=queue, queue_ptr=ptr.astype(jnp.int32))
