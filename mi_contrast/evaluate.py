@@ -75,7 +75,10 @@ def extract_features_stream(model, variables, batches, mesh):
 def _feature_fn(model, mesh):
   def apply(variables, images):
     h, z = model.apply(variables, input_pipeline.as_float(images), train=False)
-    return h, memory.l2_normalize(z)
+    z = memory.l2_normalize(z)
+    if z.ndim == 3:  # a multi-stream encoder (CMC): the unit streams side by side, unit again
+      z = memory.l2_normalize(z.reshape(z.shape[0], -1))
+    return h, z
   return jax.jit(jax.shard_map(apply, mesh=mesh, in_specs=(P(), P("batch")),
                                out_specs=(P("batch"), P("batch"))))
 

@@ -153,6 +153,10 @@ def export_run(workdir, format, output, *, overwrite=False):
   """
   _check_output(output, format, overwrite)
   config = evaluation_cli.load_run_config(workdir)
+  if config.method == "cmc":
+    raise ValueError(f"{workdir} is a CMC run: its encoder has two backbones (an L stream and "
+                     "an ab stream, params 'l' and 'ab'), and export writes one ResNet. Export "
+                     "supports the single-backbone methods (ir, la, moco, simclr).")
   # Mean and std enter the forward pass only, not the parameters: any value restores the same
   # tree, so the dataset need not be loaded. Digits are grey, the tfds presets RGB.
   channels = 1 if config.dataset == "digits" else 3

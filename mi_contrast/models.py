@@ -14,7 +14,10 @@ function on 1 or 8 devices.
 from typing import Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from mi_contrast import views
 
 # (block, stages) per depth, as in He et al. 2016.
 ARCHITECTURES = {
@@ -133,9 +136,47 @@ class ContrastiveEncoder(nn.Module):
     return h, z
 
 
+class LabEncoder(nn.Module):
+  """CMC's two-stream encoder: RGB images -> Lab -> an L encoder and an ab encoder.
+
+  images [B, H, W, 3] (or [B, H, W, 1] grey, false-coloured by views.colormap as the
+  'digits_cmc' views are) in [0, 1] ->
+  (h [B, F_L + F_ab] the two pooled features side by side (CMC's evaluation features),
+   z [B, 2, embedding_dim]: z[:, 0] from L, z[:, 1] from ab).
+  Lab is normalised with CMC's constants (views.lab_split); each stream is a ContrastiveEncoder
+  ('l' with 1 input channel, 'ab' with 2) of the same depth and `width`.
+  """
+  arch: str = "resnet18"
+  width: int = 64
+  stem: str = "cifar"
+  head_hidden: int = 512
+  embedding_dim: int = 128
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, images, train: bool = True):
+    if images.shape[-1] == 1:
+      images = jax.vmap(views.colormap)(images)
+    lightness, ab = views.lab_split(images)
+    stream = lambda name, channels: ContrastiveEncoder(
+        self.arch, self.width, self.stem, self.head_hidden, self.embedding_dim,
+        self.bn_axis_name, mean=(0.0,) * channels, std=(1.0,) * channels, name=name)
+    h_l, z_l = stream("l", 1)(lightness, train)
+    h_ab, z_ab = stream("ab", 2)(ab, train)
+    return jnp.concatenate([h_l, h_ab], axis=-1), jnp.stack([z_l, z_ab], axis=1)
+
+
 def build_encoder(config, mean, std, bn_axis_name="batch"):
-  """The encoder a config asks for (ResNet-18/50 use width 64, the digits ResNet config.width)."""
+  """The encoder a config asks for (ResNet-18/50 use width 64, the digits ResNet config.width).
+
+  Method 'cmc' gets a LabEncoder whose streams have that width ('full') or half of it.
+  """
   width = config.width if config.model == "resnet_digits" else 64
+  if config.method == "cmc":
+    return LabEncoder(arch=config.model, width=width if config.cmc.width == "full" else
+                      max(1, width // 2), stem=config.stem, head_hidden=config.head_hidden,
+                      embedding_dim=config.embedding_dim,
+                      bn_axis_name=bn_axis_name if config.sync_batch_norm else None)
   return ContrastiveEncoder(arch=config.model, width=width, stem=config.stem,
                             head_hidden=config.head_hidden, embedding_dim=config.embedding_dim,
                             bn_axis_name=bn_axis_name if config.sync_batch_norm else None,

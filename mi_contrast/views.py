@@ -505,6 +505,19 @@ def random_gaussian_noise(rng, image: Array, std: float = 0.05) -> Array:
   return jnp.clip(image + noise, 0.0, 1.0)
 
 
+def colormap(image: Array) -> Array:
+  """A grey image [H, W, 1 or 3] in false colour: RGB = (g, g^2, 1 - g), g the grey level.
+
+  Gives grey data (digits) both a lightness and a colour (ab) channel that follow the shapes,
+  so CMC's L and ab views share the content. (Random colours per view were tried on digits:
+  the ab encoder then has to become invariant to the colour before any content is shared, and
+  CMC did not learn within a 40-epoch run.) Returns [H, W, 3] in [0, 1].
+  """
+  _check_image(image, 'colormap')
+  grey = jnp.clip(image if image.shape[-1] == 1 else _gray(image), 0.0, 1.0)
+  return jnp.concatenate([grey, grey * grey, 1.0 - grey], axis=-1)
+
+
 # ---------------------------------------------------------------------------------------
 # Recipes.
 # ---------------------------------------------------------------------------------------
@@ -518,6 +531,7 @@ OPS: dict[str, Callable[..., Array]] = {
     'random_gaussian_blur': random_gaussian_blur,
     'random_solarize': random_solarize,
     'random_gaussian_noise': random_gaussian_noise,
+    'colormap': lambda rng, image: colormap(image),
     # Deterministic primitives, usable in a recipe with an entry probability.
     'grayscale': lambda rng, image: to_grayscale(image),
     'horizontal_flip': lambda rng, image: horizontal_flip(image),
@@ -569,6 +583,15 @@ RECIPES: dict[str, list] = {
         ('random_intensity', {'brightness': 0.4, 'contrast': 0.4}, 0.8),
         ('random_gaussian_noise', {'std': 0.05}, 1.0),
         _HFLIP,
+    ],
+    # CMC on grey digits: the digits recipe, then false colour (colormap), so that L and ab
+    # both carry the digit. Evaluation gives the encoder the same false colour (LabEncoder).
+    'digits_cmc': [
+        ('random_resized_crop', {'scale': (0.5, 1.0), 'ratio': (3.0 / 4.0, 4.0 / 3.0)}, 1.0),
+        ('random_intensity', {'brightness': 0.4, 'contrast': 0.4}, 0.8),
+        ('random_gaussian_noise', {'std': 0.05}, 1.0),
+        _HFLIP,
+        ('colormap', {}, 1.0),
     ],
     # Single-op digits recipes for the augmentation lesion (experiments/augmentation_lesion.py).
     'digits_crop': [

@@ -16,12 +16,13 @@ A method module provides:
     (index, z) of the global batch (identical on every replica).
 """
 
+from mi_contrast.methods import cmc
 from mi_contrast.methods import ir
 from mi_contrast.methods import moco
 from mi_contrast.methods import simclr
 from mi_contrast.methods.base import Band, Objective, StepContext
 
-REGISTRY = {"ir": ir, "moco": moco, "simclr": simclr}
+REGISTRY = {"ir": ir, "cmc": cmc, "moco": moco, "simclr": simclr}
 
 
 def get(name):

@@ -41,15 +41,25 @@ def objective(config, z, indices, state, rng, band, targets=None):
   """
   del targets
   num_views = z.shape[0]
-  z = z.reshape(-1, z.shape[-1])
-  bank = jax.lax.stop_gradient(state["bank"]).astype(jnp.float32)
+  num_rows = state["bank"].shape[0]
+  # View v of image i draws its own negatives: key id v * N + i.
+  anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
+  return bank_objective(config, z.reshape(-1, z.shape[-1]), jnp.tile(indices, num_views),
+                        anchor_ids, state["bank"], rng, band)
+
+
+def bank_scores(config, z, rows, anchor_ids, bank, rng, band):
+  """Scores of anchors z [n, D] against a bank [N, D] (no gradient to the bank), / tau.
+
+  rows: [n] each anchor's own bank row (its positive); anchor_ids: [n] ints that key each
+  anchor's random negatives. Returns (pos [n], neg [n, K]): K = config.num_negatives rows
+  drawn uniformly from the bank ('uniform') or from the anchor's band ('ball', 'ring').
+  """
+  bank = jax.lax.stop_gradient(bank).astype(jnp.float32)
   num_rows = bank.shape[0]
   k = config.num_negatives
   tau = config.temperature
-  # View v of image i draws its own negatives: key id v * N + i.
-  anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
-  indices = jnp.tile(indices, num_views)
-  pos = jnp.sum(z * bank[indices], axis=-1) / tau
+  pos = jnp.sum(z * bank[rows], axis=-1) / tau
   if config.negatives == "uniform":
     keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(anchor_ids)
     neg_rows = jax.vmap(lambda key: jax.random.randint(key, (k,), 0, num_rows))(keys)
@@ -61,13 +71,19 @@ def objective(config, z, indices, state, rng, band, targets=None):
     neg, _ = negatives_lib.band_negatives(
         rng, z, bank, band.lower, band.upper, k, temperature=tau,
         candidates=config.candidates or None, anchor_ids=anchor_ids)
+  return pos, neg
+
+
+def bank_objective(config, z, rows, anchor_ids, bank, rng, band):
+  """IR's objective of anchors z [n, D] against a bank (see bank_scores): Objective of [n]."""
+  pos, neg = bank_scores(config, z, rows, anchor_ids, bank, rng, band)
   infonce = bounds.infonce(pos, neg)
   if config.bound == "nce":
-    log_z = math.log(_IR_Z_PER_ROW * num_rows)
-    value = bounds.nce(pos, neg, log_z, num_rows)
+    num_rows = bank.shape[0]
+    value = bounds.nce(pos, neg, math.log(_IR_Z_PER_ROW * num_rows), num_rows)
   else:
     value = infonce
-  cap = jnp.full_like(pos, math.log(k + 1))
+  cap = jnp.full_like(pos, math.log(config.num_negatives + 1))
   return Objective(value=value, bound=infonce, cap=cap)
 
 

@@ -1,0 +1,23 @@
+# CMC: L and ab channels of Lab colour space as two views, an encoder for each, two memory
+# banks, InfoNCE in both directions (L -> ab bank, ab -> L bank) with K uniform negatives.
+# On the grey digits preset the views are false-coloured (views "digits_cmc", views.colormap)
+# so that L and ab both carry the digit; the encoder false-colours grey evaluation images alike.
+#
+#   python -m mi_contrast.main --config=configs/cmc.py --workdir=/tmp/mi_cmc
+#
+# Runtime: see the README method table (embedded digits preset, 2-core CPU).
+# `--config=configs/cmc.py:cifar10` (also cifar100, stl10, imagenet2012): two ResNet-18 streams
+# (`--config.cmc.width=half` for the half-width pair), the 'cmc' views.
+"""CMC with uniform negatives."""
+
+from mi_contrast import config
+
+
+def get_config(preset=None):
+  c = config.default_config(preset)
+  c.method = "cmc"
+  c.negatives = "uniform"
+  c.bound = "infonce"
+  c.cmc.width = "full"
+  c.views = "digits_cmc" if c.dataset == "digits" else "cmc"
+  return c

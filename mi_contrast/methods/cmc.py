@@ -1,0 +1,49 @@
+"""CMC (Tian et al. 2019): the L and ab channels of Lab colour space as two views.
+
+One augmented view per image; the encoder (models.LabEncoder) converts it to Lab and embeds L
+and ab with two encoders: z [1, b, 2, D], z[..., 0, :] = zL, z[..., 1, :] = zab (unit rows).
+Two memory banks M_L, M_ab (one row per image, no gradient), in both directions:
+  L -> ab   value_i = InfoNCE(zL_i . M_ab[i] / tau, zL_i . M_ab[j_k] / tau, k = 1..K)
+  ab -> L   value_i = InfoNCE(zab_i . M_L[i] / tau, zab_i . M_L[j_k] / tau, k = 1..K)
+Each direction is an anchor (values [2b]: L -> ab first), so the loss is the mean of the two
+directions (the reference sums them) and the bound is each direction's bound on I(L; ab).
+Negatives j_k: uniform over the other view's bank, or (CMC Ring / Ball) from the anchor's band
+of the other view's bank, selected in each direction. config.bound = 'nce' gives the
+reference's NCE approximation in both directions.
+Bank update: M_L[i] <- normalise(m M_L[i] + (1 - m) zL_i), M_ab likewise.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from mi_contrast import memory
+from mi_contrast.methods import ir
+from mi_contrast.methods.base import Objective
+
+VIEWS = (1, 1, 1)
+ONLINE_VIEWS = None
+
+
+def init_state(rng, config, num_train, variables):
+  del variables
+  return {"bank_l": memory.bank_init(rng, num_train, config.embedding_dim),
+          "bank_ab": memory.bank_init(jax.random.fold_in(rng, 1), num_train,
+                                     config.embedding_dim)}
+
+
+def objective(config, z, indices, state, rng, band, targets=None):
+  """z: [1, b, 2, D] unit (L, ab) embeddings; indices: [b]. Values [2b] (L -> ab, ab -> L)."""
+  del targets
+  z_l, z_ab = z[0, :, 0], z[0, :, 1]
+  num_rows = state["bank_l"].shape[0]
+  l_to_ab = ir.bank_objective(config, z_l, indices, indices, state["bank_ab"], rng, band)
+  ab_to_l = ir.bank_objective(config, z_ab, indices, indices + num_rows, state["bank_l"], rng,
+                              band)
+  return Objective(*(jnp.concatenate([a, b]) for a, b in zip(l_to_ab[:3], ab_to_l[:3])))
+
+
+def update_state(config, state, all_indices, all_z, targets=None):
+  del targets
+  m = config.bank_momentum
+  return {"bank_l": memory.bank_update(state["bank_l"], all_indices, all_z[0, :, 0], m),
+          "bank_ab": memory.bank_update(state["bank_ab"], all_indices, all_z[0, :, 1], m)}
