@@ -41,6 +41,7 @@ def base_config():
   c.num_negatives = 1024       # K: negatives per anchor (the cap is log(K + 1))
   c.temperature = 0.07
   c.bank_momentum = 0.0        # M[i] <- normalise(m M[i] + (1 - m) z); the paper: m = 0
+  c.neighbour_views = False    # IR ring: the ring's inner ball as extra positives (LA-like)
   c.candidates = 0             # 0: exact band over the whole bank; M > 0: band over M random rows
   c.views = "digits"           # views.RECIPES name for every view, or 'name1,name2' per view
   c.num_views = 0              # views per image; 0 = the method's own (IR 1, SimCLR/MoCo 2)
@@ -220,7 +221,7 @@ def validate(config, *, num_devices, num_train=None):
   _choice(config, "pretrain_split", PRETRAIN_SPLITS if config.dataset == "stl10" else ("train",))
   _choice(config, "ring.schedule", RING_SCHEDULES)
   _choice(config, "cmc.width", CMC_WIDTHS)
-  for field in ("download", "sync_batch_norm", "ring.dynamic_inner"):
+  for field in ("download", "sync_batch_norm", "ring.dynamic_inner", "neighbour_views"):
     value = config
     for part in field.split("."):
       value = value[part]
@@ -276,6 +277,14 @@ def validate(config, *, num_devices, num_train=None):
       _fail("moco.bn_groups", bn_groups, f"0 (one group per device) or a multiple of the "
             f"device count ({num_devices}) that divides global_batch_size "
             f"({config.global_batch_size})")
+  if config.neighbour_views and (config.method != "ir" or config.negatives != "ring"
+                                 or config.candidates or config.bound != "infonce"):
+    _fail("neighbour_views", True, "False, or True with method 'ir', negatives 'ring', bound "
+          "'infonce' and candidates = 0 (the inner ball of the exact ring are the extra "
+          "positives)")
+  if config.method == "la" and config.negatives != "uniform":
+    _fail("negatives", config.negatives, "'uniform' for method 'la' (its negatives are the "
+          "config.la.background nearest bank rows; 'uniform' names the IR warm-up's)")
   if config.method == "la":
     if num_train is not None and background >= num_train:
       _fail("la.background", background, f"1..{num_train - 1} (bank rows other than the anchor)")

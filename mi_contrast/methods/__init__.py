@@ -18,11 +18,12 @@ A method module provides:
 
 from mi_contrast.methods import cmc
 from mi_contrast.methods import ir
+from mi_contrast.methods import la
 from mi_contrast.methods import moco
 from mi_contrast.methods import simclr
 from mi_contrast.methods.base import Band, Objective, StepContext
 
-REGISTRY = {"ir": ir, "cmc": cmc, "moco": moco, "simclr": simclr}
+REGISTRY = {"ir": ir, "la": la, "cmc": cmc, "moco": moco, "simclr": simclr}
 
 
 def get(name):

@@ -9,7 +9,9 @@ averaged over views, and the bank stores the normalised mean of the views). For 
   or, with config.bound = 'nce', IR's original binary NCE with constant partition Z.
 Negatives: 'uniform' draws j_k ~ U{0..N-1}; 'ball' and 'ring' draw K rows uniformly (with
 replacement) from each anchor's similarity band of the bank (IR Ball / IR Ring; the band comes
-from the annealed outer/inner fractions). Bank update: M[i] <- normalise(m M[i] + (1-m) z_i).
+from the annealed outer/inner fractions). config.neighbour_views: the ring's inner ball counts as extra positives (an LA-like objective with
+nearest neighbours as close neighbours; see neighbour_view_objective). Bank update:
+M[i] <- normalise(m M[i] + (1-m) z_i).
 """
 
 import math
@@ -42,6 +44,10 @@ def objective(config, z, indices, state, rng, band, targets=None):
   del targets
   num_views = z.shape[0]
   num_rows = state["bank"].shape[0]
+  if config.neighbour_views:
+    rows = jnp.tile(indices, num_views)
+    return neighbour_view_objective(config, z.reshape(-1, z.shape[-1]), rows, state["bank"],
+                                    band)
   # View v of image i draws its own negatives: key id v * N + i.
   anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
   return bank_objective(config, z.reshape(-1, z.shape[-1]), jnp.tile(indices, num_views),
@@ -85,6 +91,27 @@ def bank_objective(config, z, rows, anchor_ids, bank, rng, band):
     value = infonce
   cap = jnp.full_like(pos, math.log(config.num_negatives + 1))
   return Objective(value=value, bound=infonce, cap=cap)
+
+
+def neighbour_view_objective(config, z, rows, bank, band):
+  """IR with neighbour views: the inner ball of the band as extra positives, the ring as the
+  negatives, exactly over the whole bank (no sampling); z [n, D], rows [n] own rows.
+
+  value = logsumexp([s+, s_inner]) - logsumexp([s+, s_inner, s_ring]) + log(1 + |ring|), i.e.
+  bounds.neighbour_view_objective on InfoNCE's scale: with an empty inner ball it is the ring's
+  InfoNCE. bound = the ring's InfoNCE of the same scores; cap = log(1 + |ring|).
+  """
+  bank = jax.lax.stop_gradient(bank).astype(jnp.float32)
+  scores = z @ bank.T / config.temperature
+  pos = jnp.take_along_axis(scores, rows[:, None], axis=1)[:, 0]
+  own = jnp.arange(bank.shape[0])[None, :] == rows[:, None]
+  others = jnp.where(own, -jnp.inf, scores)        # the own row ranks last: never selected
+  inner, ring = negatives_lib.neighbour_masks(jax.lax.stop_gradient(others), band.lower,
+                                              band.upper)
+  inner, ring = inner & ~own, ring & ~own
+  cap = bounds.infonce_cap(others, ring)
+  value = bounds.neighbour_view_objective(pos, others, inner, ring) + cap
+  return Objective(value=value, bound=bounds.infonce(pos, others, ring), cap=cap)
 
 
 def update_state(config, state, all_indices, all_z, targets=None):

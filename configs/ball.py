@@ -1,0 +1,22 @@
+# IR Ball: IR whose K negatives are drawn from the ball of the memory bank, the rows ranked
+# [0, rho_o * N) by similarity to the anchor; rho_o anneals linearly 1.0 -> 0.1 over the first
+# half of training (the ring without an inner cut, rho_i = 0).
+#
+#   python -m mi_contrast.main --config=configs/ball.py --workdir=/tmp/mi_ball
+#
+# Runtime: see the README method table (embedded digits preset, 2-core CPU).
+# `--config=configs/ball.py:cifar10` (also cifar100, stl10, imagenet2012) uses the reference setup.
+"""IR Ball with linear annealing of the outer fraction."""
+
+from mi_contrast import config
+
+
+def get_config(preset=None):
+  c = config.default_config(preset)
+  c.method = "ir"
+  c.negatives = "ball"
+  c.bound = "infonce"
+  c.ring.schedule = "linear"
+  c.ring.outer_start = 1.0
+  c.ring.outer = 0.1
+  return c

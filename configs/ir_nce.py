@@ -1,0 +1,20 @@
+# IR as originally implemented (Wu et al. 2018): binary NCE with a constant partition Z and
+# uniform noise 1/N over K memory-bank rows, bank momentum 0.5. bound_nats reports the InfoNCE
+# bound of the same scores, so it compares with the other methods.
+#
+#   python -m mi_contrast.main --config=configs/ir_nce.py --workdir=/tmp/mi_ir_nce
+#
+# Runtime: see the README method table (embedded digits preset, 2-core CPU).
+# `--config=configs/ir_nce.py:cifar10` (also cifar100, stl10, imagenet2012) uses the reference setup.
+"""IR with its original NCE objective."""
+
+from mi_contrast import config
+
+
+def get_config(preset=None):
+  c = config.default_config(preset)
+  c.method = "ir"
+  c.negatives = "uniform"
+  c.bound = "nce"
+  c.bank_momentum = 0.5
+  return c

@@ -1,0 +1,25 @@
+# IR Ring with neighbour views: the ring's inner ball (the rows more similar than the ring)
+# counts as extra positives, the ring as the negatives, exactly over the whole bank: an LA-like
+# objective whose close neighbours are the nearest rows. rho_o anneals linearly 1.0 -> 0.1 over
+# the first half of training, rho_i = 0.1. bound_nats is the ring's InfoNCE of the same scores.
+#
+#   python -m mi_contrast.main --config=configs/ring_neighbours.py --workdir=/tmp/mi_ring_nv
+#
+# Runtime: see the README method table (embedded digits preset, 2-core CPU).
+# `--config=configs/ring_neighbours.py:cifar10` (also cifar100, stl10, imagenet2012).
+"""IR Ring with neighbour views."""
+
+from mi_contrast import config
+
+
+def get_config(preset=None):
+  c = config.default_config(preset)
+  c.method = "ir"
+  c.negatives = "ring"
+  c.bound = "infonce"
+  c.neighbour_views = True
+  c.ring.schedule = "linear"
+  c.ring.outer_start = 1.0
+  c.ring.outer = 0.1
+  c.ring.inner = 0.1
+  return c
