@@ -38,10 +38,12 @@ def base_config():
   c.method = "ir"              # ir | la | cmc | moco | simclr
   c.negatives = "uniform"      # uniform | ball | ring
   c.bound = "infonce"          # infonce | nce (IR's original binary NCE)
+  c.nce_partition = "per_batch"  # nce: log Z re-estimated every step | first_batch (reference)
   c.num_negatives = 1024       # K: negatives per anchor (the cap is log(K + 1))
   c.temperature = 0.07
   c.bank_momentum = 0.0        # M[i] <- normalise(m M[i] + (1 - m) z); the paper: m = 0
   c.neighbour_views = False    # IR ring: the ring's inner ball as extra positives (LA-like)
+  c.neighbour_views_warmup_epochs = 0  # IR Ring epochs before the neighbour views
   c.candidates = 0             # 0: exact band over the whole bank; M > 0: band over M random rows
   c.views = "digits"           # views.RECIPES name for every view, or 'name1,name2' per view
   c.num_views = 0              # views per image; 0 = the method's own (IR 1, SimCLR/MoCo 2)
@@ -221,6 +223,7 @@ def validate(config, *, num_devices, num_train=None):
   _choice(config, "pretrain_split", PRETRAIN_SPLITS if config.dataset == "stl10" else ("train",))
   _choice(config, "ring.schedule", RING_SCHEDULES)
   _choice(config, "cmc.width", CMC_WIDTHS)
+  _choice(config, "nce_partition", ("per_batch", "first_batch"))
   for field in ("download", "sync_batch_norm", "ring.dynamic_inner", "neighbour_views"):
     value = config
     for part in field.split("."):
@@ -282,6 +285,13 @@ def validate(config, *, num_devices, num_train=None):
     _fail("neighbour_views", True, "False, or True with method 'ir', negatives 'ring', bound "
           "'infonce' and candidates = 0 (the inner ball of the exact ring are the extra "
           "positives)")
+  if config.nce_partition == "first_batch" and config.method != "ir":
+    _fail("nce_partition", config.nce_partition, "'per_batch' for method "
+          f"{config.method!r} ('first_batch' keeps IR's constant Z in its state: method 'ir')")
+  _number(config, "neighbour_views_warmup_epochs", 0, None, integer=True)
+  if config.neighbour_views and config.neighbour_views_warmup_epochs >= config.num_epochs:
+    _fail("neighbour_views_warmup_epochs", config.neighbour_views_warmup_epochs,
+          f"0..{config.num_epochs - 1} (below num_epochs)")
   if config.method == "la" and config.negatives != "uniform":
     _fail("negatives", config.negatives, "'uniform' for method 'la' (its negatives are the "
           "config.la.background nearest bank rows; 'uniform' names the IR warm-up's)")

@@ -9,7 +9,7 @@ Each direction is an anchor (values [2b]: L -> ab first), so the loss is the mea
 directions (the reference sums them) and the bound is each direction's bound on I(L; ab).
 Negatives j_k: uniform over the other view's bank, or (CMC Ring / Ball) from the anchor's band
 of the other view's bank, selected in each direction. config.bound = 'nce' gives the
-reference's NCE approximation in both directions.
+reference's NCE approximation in both directions (Z re-estimated on every batch).
 Bank update: M_L[i] <- normalise(m M_L[i] + (1 - m) zL_i), M_ab likewise.
 """
 
@@ -36,9 +36,12 @@ def objective(config, z, indices, state, rng, band, targets=None):
   del targets
   z_l, z_ab = z[0, :, 0], z[0, :, 1]
   num_rows = state["bank_l"].shape[0]
-  l_to_ab = ir.bank_objective(config, z_l, indices, indices, state["bank_ab"], rng, band)
+  log_z = lambda anchors, bank: (ir.partition_estimate(anchors, bank, config.temperature)
+                                 if config.bound == "nce" else None)
+  l_to_ab = ir.bank_objective(config, z_l, indices, indices, state["bank_ab"], rng, band,
+                              log_z(z_l, state["bank_ab"]))
   ab_to_l = ir.bank_objective(config, z_ab, indices, indices + num_rows, state["bank_l"], rng,
-                              band)
+                              band, log_z(z_ab, state["bank_l"]))
   return Objective(*(jnp.concatenate([a, b]) for a, b in zip(l_to_ab[:3], ab_to_l[:3])))
 
 

@@ -6,11 +6,15 @@ averaged over views, and the bank stores the normalised mean of the views). For 
   positive  s_i+ = z_i . M[i] / tau                      (the image's own bank row)
   negatives s_ik = z_i . M[j_k] / tau,  k = 1..K         (uniform, ball or ring rows of M)
   value     = InfoNCE(s_i+, s_i)  = s_i+ - logsumexp([s_i+, s_i]) + log(K + 1)     [nats]
-  or, with config.bound = 'nce', IR's original binary NCE with constant partition Z.
+  or, with config.bound = 'nce', IR's original binary NCE with a partition estimate Z:
+  log Z = log(N mean exp(z.M[j]/tau)) over the global batch and the bank, re-estimated every
+  step (config.nce_partition = 'per_batch'; no gradient) or, as the reference, on the first
+  batch and then constant ('first_batch'; on digits it diverges, see the README).
 Negatives: 'uniform' draws j_k ~ U{0..N-1}; 'ball' and 'ring' draw K rows uniformly (with
 replacement) from each anchor's similarity band of the bank (IR Ball / IR Ring; the band comes
 from the annealed outer/inner fractions). config.neighbour_views: the ring's inner ball counts as extra positives (an LA-like objective with
-nearest neighbours as close neighbours; see neighbour_view_objective). Bank update:
+nearest neighbours as close neighbours; see neighbour_view_objective), after
+config.neighbour_views_warmup_epochs of IR Ring. Bank update:
 M[i] <- normalise(m M[i] + (1-m) z_i).
 """
 
@@ -27,13 +31,36 @@ from mi_contrast.methods.base import Objective
 VIEWS = (1, 1, 8)
 ONLINE_VIEWS = None
 
-# IR's partition constant, an ImageNet estimate rescaled by the dataset size (Wu et al. 2018).
-_IR_Z_PER_ROW = 2876934.2 / 1281167
+AXIS = "batch"
 
 
 def init_state(rng, config, num_train, variables):
   del variables
-  return {"bank": memory.bank_init(rng, num_train, config.embedding_dim)}
+  state = {"bank": memory.bank_init(rng, num_train, config.embedding_dim)}
+  if config.bound == "nce" and config.nce_partition == "first_batch":
+    # log Z of the NCE partition: estimated on the first step's global batch, then constant.
+    state["log_z"] = jnp.full((), jnp.nan, jnp.float32)
+  return state
+
+
+def _mean_exp(z, bank, temperature):
+  scores = jax.lax.stop_gradient(z) @ jax.lax.stop_gradient(bank).astype(jnp.float32).T
+  return jnp.mean(jnp.exp(scores / temperature))  # scores / tau <= 1 / tau: no overflow
+
+
+def partition_estimate(z, bank, temperature):
+  """log Z = log(N * mean exp(z . M[j] / tau)) over the global batch's anchors and every bank
+  row: the reference's first-batch estimate (Wu et al. 2018). z [n, D]: this device's anchors
+  (inside the sharded step; the mean is a pmean over the axis 'batch')."""
+  mean = jax.lax.pmean(_mean_exp(z, bank, temperature), AXIS)
+  return jnp.log(mean) + jnp.log(jnp.float32(bank.shape[0]))
+
+
+def prepare(config, state, ctx):
+  """Neighbour views: IR Ring (sampled) for config.neighbour_views_warmup_epochs, then exact
+  neighbour views; the inner ball only means something once the embedding does."""
+  warm = config.neighbour_views_warmup_epochs * ctx.steps_per_epoch
+  return {"warmup": ctx.step < warm}, state
 
 
 def objective(config, z, indices, state, rng, band, targets=None):
@@ -41,17 +68,25 @@ def objective(config, z, indices, state, rng, band, targets=None):
 
   Returns per-anchor values [V * b] (view-major).
   """
-  del targets
   num_views = z.shape[0]
   num_rows = state["bank"].shape[0]
   if config.neighbour_views:
     rows = jnp.tile(indices, num_views)
-    return neighbour_view_objective(config, z.reshape(-1, z.shape[-1]), rows, state["bank"],
-                                    band)
+    flat = z.reshape(-1, z.shape[-1])
+    anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
+    warm_up = lambda z: bank_objective(config, z, rows, anchor_ids, state["bank"], rng, band)
+    neighbours = lambda z: neighbour_view_objective(config, z, rows, state["bank"], band)
+    return jax.lax.cond(targets["warmup"], warm_up, neighbours, flat)
   # View v of image i draws its own negatives: key id v * N + i.
   anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
-  return bank_objective(config, z.reshape(-1, z.shape[-1]), jnp.tile(indices, num_views),
-                        anchor_ids, state["bank"], rng, band)
+  z = z.reshape(-1, z.shape[-1])
+  log_z = None
+  if config.bound == "nce":
+    log_z = partition_estimate(z, state["bank"], config.temperature)
+    if config.nce_partition == "first_batch":
+      log_z = jnp.where(jnp.isnan(state["log_z"]), log_z, state["log_z"])
+  return bank_objective(config, z, jnp.tile(indices, num_views), anchor_ids, state["bank"], rng,
+                        band, log_z)
 
 
 def bank_scores(config, z, rows, anchor_ids, bank, rng, band):
@@ -80,13 +115,15 @@ def bank_scores(config, z, rows, anchor_ids, bank, rng, band):
   return pos, neg
 
 
-def bank_objective(config, z, rows, anchor_ids, bank, rng, band):
-  """IR's objective of anchors z [n, D] against a bank (see bank_scores): Objective of [n]."""
+def bank_objective(config, z, rows, anchor_ids, bank, rng, band, log_z=None):
+  """IR's objective of anchors z [n, D] against a bank (see bank_scores): Objective of [n].
+
+  config.bound = 'nce' needs log_z, the log partition estimate (partition_estimate).
+  """
   pos, neg = bank_scores(config, z, rows, anchor_ids, bank, rng, band)
   infonce = bounds.infonce(pos, neg)
   if config.bound == "nce":
-    num_rows = bank.shape[0]
-    value = bounds.nce(pos, neg, math.log(_IR_Z_PER_ROW * num_rows), num_rows)
+    value = bounds.nce(pos, neg, log_z, bank.shape[0])
   else:
     value = infonce
   cap = jnp.full_like(pos, math.log(config.num_negatives + 1))
@@ -117,4 +154,10 @@ def neighbour_view_objective(config, z, rows, bank, band):
 def update_state(config, state, all_indices, all_z, targets=None):
   del targets
   z = all_z[0] if all_z.shape[0] == 1 else memory.l2_normalize(jnp.mean(all_z, axis=0))
-  return {"bank": memory.bank_update(state["bank"], all_indices, z, config.bank_momentum)}
+  new = dict(state, bank=memory.bank_update(state["bank"], all_indices, z,
+                                            config.bank_momentum))
+  if "log_z" in state:  # the first step's estimate, from the bank before its update
+    mean = _mean_exp(all_z.reshape(-1, all_z.shape[-1]), state["bank"], config.temperature)
+    first = jnp.log(mean) + jnp.log(jnp.float32(state["bank"].shape[0]))
+    new["log_z"] = jnp.where(jnp.isnan(state["log_z"]), first, state["log_z"])
+  return new
