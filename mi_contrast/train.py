@@ -411,7 +411,8 @@ class _Preemption:
 
 _RUN_DEFINING_FIELDS = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim",
                         "method", "negatives", "num_negatives", "global_batch_size", "seed",
-                        "split_seed", "test_fraction", "image_size", "views")
+                        "split_seed", "test_fraction", "image_size", "views", "num_views",
+                        "bound", "nce_partition", "neighbour_views", "cmc", "la")
 
 
 def _check_resume_config(workdir, config, num_train):
@@ -587,8 +588,10 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
     last_metrics = writers.last_scalars(workdir, ("loss", "bound_nats", "log_k_plus_1"))
   results = {
       "method": config.method,
-      "negatives": config.negatives,
+      "negatives": methods.describe_negatives(config)[0],
+      "negative_pool": methods.describe_negatives(config)[1],
       "bound": config.bound,
+      "objective": methods.describe_objective(config),
       "dataset": config.dataset,
       "knn_top1": final["knn_top1"],
       "nn1_top1": final["nn1_top1"],

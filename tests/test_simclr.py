@@ -66,3 +66,41 @@ def test_loss_decreases_under_a_few_gradient_steps():
     losses.append(float(value))
     w = w - 0.5 * grad
   assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_more_than_two_views_average_infonce_over_the_other_views():
+  config = tiny_config("uniform", method="simclr", num_views=3)
+  v, b, d = 3, 5, 8
+  z = memory.l2_normalize(jax.random.normal(jax.random.PRNGKey(7), (v, b, d)))
+  out = _objective(config, z)
+  flat = np.asarray(z, np.float64).reshape(v * b, d)
+  scores = flat @ flat.T / config.temperature
+  image = np.tile(np.arange(b), v)
+  expected = []
+  for a in range(v * b):
+    negatives = scores[a, image != image[a]]                 # V*B - V other-image embeddings
+    values = []
+    for p in np.flatnonzero((image == image[a]) & (np.arange(v * b) != a)):
+      logits = np.concatenate([[scores[a, p]], negatives])
+      values.append(scores[a, p] - np.log(np.exp(logits).sum()) + np.log(1 + len(negatives)))
+    expected.append(np.mean(values))
+  np.testing.assert_allclose(out.value, expected, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(out.cap, np.log(1 + v * b - v), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method, views", [("moco", 3), ("cmc", 2), ("la", 2), ("simclr", 1)])
+def test_unsupported_view_counts_are_errors(method, views):
+  from mi_contrast import config as config_lib
+  config = tiny_config("uniform", method=method, num_views=views)
+  with pytest.raises(ValueError, match="num_views"):
+    config_lib.validate(config, num_devices=1)
+
+
+def test_three_views_one_device_and_eight_devices_agree():
+  config = tiny_config("ring", method="simclr", num_views=3)
+  m1, g1, _ = _one_step(config, jax.devices()[:1])
+  m8, g8, _ = _one_step(config, jax.devices())
+  assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-5)
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(g1))
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)):
+    np.testing.assert_allclose(a, b, atol=2e-4 * scale, rtol=2e-3)

@@ -58,5 +58,27 @@ def prepare(method, config, state, ctx):
   return None, state
 
 
-__all__ = ["Band", "Objective", "REGISTRY", "StepContext", "get", "num_views", "online_views",
-           "prepare"]
+def describe_negatives(config):
+  """(negatives, pool) as results.json reports them: which selection, from which pool.
+
+  LA's negatives are its background neighbours ('background'), whatever config.negatives says
+  (that names its IR warm-up's).
+  """
+  if config.method == "la":
+    return "background", f"the {config.la.background} nearest bank rows"
+  pool = {"ir": "memory bank", "cmc": "the other view's memory bank", "moco": "queue",
+          "simclr": "global batch"}
+  return config.negatives, pool[config.method]
+
+
+def describe_objective(config):
+  """What training maximises: 'infonce', 'nce' (IR's), 'la' or 'neighbour_views'."""
+  if config.method == "la":
+    return "la"
+  if config.neighbour_views:
+    return "neighbour_views"
+  return config.bound
+
+
+__all__ = ["Band", "Objective", "REGISTRY", "StepContext", "describe_negatives",
+           "describe_objective", "get", "num_views", "online_views", "prepare"]
