@@ -66,10 +66,13 @@ def _one_step(config, devices):
   return jax.device_get(metrics), grads, jax.device_get(new_state)
 
 
-@pytest.mark.parametrize("negatives", ["uniform", "ring"])
-def test_one_device_and_eight_devices_agree(negatives):
+@pytest.mark.parametrize("negatives, overrides", [
+    ("uniform", {}), ("ring", {}),
+    # The first step of 'first_batch' uses the per-batch estimate and stores it: both paths.
+    ("uniform", {"bound": "nce", "nce_partition": "first_batch"}), ("ball", {"num_views": 2})])
+def test_one_device_and_eight_devices_agree(negatives, overrides):
   assert jax.device_count() == 8
-  config = tiny_config(negatives)
+  config = tiny_config(negatives, **overrides)
   m1, g1, s1 = _one_step(config, jax.devices()[:1])
   m8, g8, s8 = _one_step(config, jax.devices())
   assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-5)
