@@ -6,7 +6,8 @@
 #
 #   python -m mi_contrast.main --config=configs/ir_nce.py --workdir=/tmp/mi_ir_nce
 #
-# Runtime: see the README method table (embedded digits preset, 2-core CPU).
+# Runtime: under 3 minutes on a 2-core CPU (embedded digits preset, compilation included).
+# Measured on digits: kNN 0.955, linear 0.969, bound 4.15 / cap 6.93 nats (README method table).
 # `--config=configs/ir_nce.py:cifar10` (also cifar100, stl10, imagenet2012) uses the reference setup.
 """IR with its original NCE objective."""
 

@@ -3,7 +3,8 @@
 #
 #   python -m mi_contrast.main --config=configs/moco.py --workdir=/tmp/mi_moco
 #
-# Runtime: see the README method table (embedded digits preset, 2-core CPU).
+# Runtime: under 3 minutes on a 2-core CPU (embedded digits preset, compilation included).
+# Measured on digits: kNN 0.953, linear 0.978, bound 2.40 / cap 6.93 nats (README method table).
 # `--config=configs/moco.py:cifar10` (also cifar100, stl10, imagenet2012): K = 4096 (65536 for
 # imagenet2012), m = 0.999, the MoCo v2 views.
 """MoCo v2 with uniform negatives (the whole queue)."""

@@ -4,7 +4,8 @@
 #
 #   python -m mi_contrast.main --config=configs/moco_ring.py --workdir=/tmp/mi_moco_ring
 #
-# Runtime: see the README method table (embedded digits preset, 2-core CPU).
+# Runtime: under 3 minutes on a 2-core CPU (embedded digits preset, compilation included).
+# Measured on digits: kNN 0.961, linear 0.969, bound 1.80 / cap 4.53 nats (README method table).
 # `--config=configs/moco_ring.py:cifar10` (also cifar100, stl10, imagenet2012) as configs/moco.py.
 """MoCo Ring with linear annealing of the outer fraction."""
 
