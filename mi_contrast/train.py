@@ -39,6 +39,7 @@ from mi_contrast import input_pipeline
 from mi_contrast import memory
 from mi_contrast import methods
 from mi_contrast import models
+from mi_contrast import multihost
 from mi_contrast import negatives as negatives_lib
 from mi_contrast import report
 from mi_contrast import schedules
@@ -277,7 +278,10 @@ def restore_latest(manager, state, sharding):
       errors.append(f"step {step}: {type(e).__name__}: {e}")
       continue
     if errors:
-      _move_aside(manager, [s for s in steps if s > step])
+      if multihost.is_lead():
+        _move_aside(manager, [s for s in steps if s > step])
+      multihost.sync("checkpoints moved aside")
+      manager.reload()
     return flax.serialization.from_state_dict(state, restored), step
   if steps:
     raise RuntimeError(f"{manager.directory} holds checkpoints {steps} but none can be read:\n  "
@@ -294,8 +298,6 @@ def _move_aside(manager, steps):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.replace(source, target)
     logging.warning("moved the unreadable checkpoint of step %d to %s", step, target)
-  if steps:
-    manager.reload()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,18 +379,33 @@ def _write_json(path, payload):
 
 
 class _Preemption:
-  """SIGTERM -> checkpoint at the next step boundary, then a clean exit."""
+  """SIGTERM -> checkpoint at the next step boundary, then a clean exit.
+
+  With several processes, JAX's preemption service catches the signal instead: any process's
+  notice reaches all of them, and `reached(step)` turns True at the same step everywhere, so
+  every process joins the same collective checkpoint.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multiprocess = jax.process_count() > 1
 
   def __enter__(self):
+    if self._multiprocess:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no handler
       self._previous = None
     return self
+
+  def reached(self, step):
+    """Whether to checkpoint and stop after `step` (no device synchronisation)."""
+    if self._multiprocess:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def _handle(self, signum, frame):
     del signum, frame
@@ -481,6 +498,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
       _write_json(os.path.join(workdir, "run.json"), {
           "memory_bank_rows": num_rows, "num_devices": num_devices,
+          "num_processes": jax.process_count(),
           "channel_mean": list(mean), "channel_std": list(std)})
   else:
     state, resumed_from = restored
@@ -547,7 +565,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
                      knn["nn1_top1"])
       if step % config.checkpoint_every_steps == 0 or step == stop_at:
         save(step)
-      if preemption.requested:
+      if preemption.reached(step):
         if last_good != step:
           save(step)
         logging.warning("SIGTERM: checkpoint written at step %d; the same command resumes.",
@@ -599,6 +617,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       "params_sha256": sha,
       "params_l2": l2,
       "num_devices": num_devices,
+      "num_processes": jax.process_count(),
       "num_train": data.num_train,
       "num_pretrain": num_rows,
       "num_test": data.num_test,
