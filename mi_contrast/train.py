@@ -47,6 +47,12 @@ from mi_contrast import views as views_lib
 from mi_contrast import writers
 
 AXIS = "batch"
+# Every training step of the loop runs under this transfer guard: an implicit transfer between
+# host and device inside a step (a stray float(), a host constant, a resharded input) raises
+# instead of silently synchronising every step. Metrics are fetched, evaluation runs and
+# checkpoints are written outside it. (On the CPU backend JAX does not guard device-to-host
+# reads, which copy nothing there; tests/test_scale.py adds a detector for those.)
+STEP_TRANSFER_GUARD = "disallow"
 
 
 @flax.struct.dataclass
@@ -450,6 +456,11 @@ def _check_resume_config(workdir, config, num_train):
 # ----------------------------------------------------------------------------------------------
 
 
+def _step_guard():
+  """The context every step of the loop runs in (inputs fetched and step dispatched)."""
+  return jax.transfer_guard(STEP_TRANSFER_GUARD)
+
+
 @dataclasses.dataclass
 class RunOutcome:
   results: dict
@@ -553,7 +564,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
 
   with _Preemption() as preemption:
     while step < stop_at:
-      state, metrics = train_step(state, *step_inputs())
+      with _step_guard():
+        state, metrics = train_step(state, *step_inputs())
       step += 1
       pending.append((step, metrics))
       if step % config.log_every_steps == 0 or step == stop_at:
