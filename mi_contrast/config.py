@@ -33,6 +33,8 @@ def base_config():
   c.head_hidden = 256          # projection MLP hidden width
   c.embedding_dim = 128
   c.sync_batch_norm = True     # BatchNorm statistics over the global batch (all devices)
+  c.compute_dtype = "float32"  # float32 | bfloat16: activations (mixed precision); parameters,
+                               # BatchNorm statistics, embeddings and the loss stay float32
 
   # Method: which pool, which negatives, which bound (see method-spec.md).
   c.method = "ir"              # ir | simclr
@@ -43,6 +45,9 @@ def base_config():
   c.bank_momentum = 0.0        # M[i] <- normalise(m M[i] + (1 - m) z); the paper: m = 0
   c.candidates = 0             # 0: exact band over the whole bank; M > 0: band over M random rows
   c.views = "digits"           # views.RECIPES name for every view, or 'name1,name2' per view
+
+  # Memory bank (method ir): one row per pretraining image.
+  c.bank_dtype = "float32"     # float32 | bfloat16: bank storage (scores are float32 sums)
 
   # The ring (authors' parameterisation): outer fraction rho_o annealed, inner fraction rho_i.
   c.ring = ml_collections.ConfigDict()
@@ -130,6 +135,7 @@ STEMS = ("cifar", "imagenet")
 LR_SCHEDULES = ("cosine", "step", "constant")
 KNN_FEATURES = ("backbone", "embedding")
 PRETRAIN_SPLITS = ("train", "unlabelled", "train+unlabelled")
+DTYPES = ("float32", "bfloat16")
 RING_SCHEDULES = ("constant", "linear", "step", "exponential", "cosine", "adaptive")
 
 
@@ -195,6 +201,8 @@ def validate(config, *, num_devices, num_train=None):
   _choice(config, "knn_features", KNN_FEATURES)
   _choice(config, "pretrain_split", PRETRAIN_SPLITS if config.dataset == "stl10" else ("train",))
   _choice(config, "ring.schedule", RING_SCHEDULES)
+  _choice(config, "compute_dtype", DTYPES)
+  _choice(config, "bank_dtype", DTYPES)
   for field in ("download", "sync_batch_norm", "ring.dynamic_inner"):
     value = config
     for part in field.split("."):

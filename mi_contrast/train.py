@@ -424,7 +424,7 @@ class _Preemption:
 
 _RUN_DEFINING_FIELDS = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim",
                         "method", "negatives", "num_negatives", "global_batch_size", "seed",
-                        "split_seed", "test_fraction", "image_size", "views")
+                        "split_seed", "test_fraction", "image_size", "views", "bank_dtype")
 
 
 def _check_resume_config(workdir, config, num_train):
@@ -435,6 +435,8 @@ def _check_resume_config(workdir, config, num_train):
   with open(path) as f:
     saved = json.load(f)
   current = json.loads(config.to_json())
+  defaults = config_lib.base_config()  # fields added since the checkpoint's config was saved
+  saved = {**{k: defaults[k] for k in _RUN_DEFINING_FIELDS if k not in saved}, **saved}
   diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
            for k in _RUN_DEFINING_FIELDS if saved.get(k) != current.get(k)]
   run_path = os.path.join(workdir, "run.json")

@@ -27,7 +27,8 @@ _IR_Z_PER_ROW = 2876934.2 / 1281167
 
 
 def init_state(rng, config, num_train):
-  return {"bank": memory.bank_init(rng, num_train, config.embedding_dim)}
+  return {"bank": memory.bank_init(rng, num_train, config.embedding_dim,
+                                   dtype=jnp.dtype(config.bank_dtype))}
 
 
 def objective(config, z, indices, state, rng, band):
