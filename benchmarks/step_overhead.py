@@ -116,12 +116,18 @@ def measure(config, num_rows, reps, seed=0):
   model = models.build_encoder(config, (0.5,) * shape[-1], (0.25,) * shape[-1],
                                bn_axis_name=train.AXIS)
   tx, _ = train.make_optimizer(config, num_rows)
-  make_state = lambda: jax.device_put(
-      train.create_train_state(config, model, tx, method, num_rows, shape), replicated)
-  full = train.make_train_step(config, model, tx, method, num_rows, mesh)
+  def make_state():
+    state = train.shard_bank(
+        config, train.create_train_state(config, model, tx, method, num_rows, shape),
+        num_devices)
+    return jax.device_put(state, train.state_shardings(config, state, mesh))
+
+  template = make_state()
+  full = train.make_train_step(config, model, tx, method, num_rows, mesh,
+                               state_spec=train.state_specs(config, template))
   backbone = backbone_step(model, tx, mesh)
 
-  states = {"full": make_state(), "backbone": make_state()}
+  states = {"full": template, "backbone": make_state()}
   calls = {"full": lambda s: full(s, train_images)[0],
            "backbone": lambda s: backbone(s, one_view)}
   compile_s = {}
@@ -153,6 +159,8 @@ def measure(config, num_rows, reps, seed=0):
       "num_devices": num_devices,
       "bank_rows": num_rows,
       "bank_dtype": str(bank.dtype) if bank is not None else None,
+      "bank_sharded": config.bank_sharded,
+      "compute_dtype": config.compute_dtype,
       "image_shape": list(shape),
       "model": config.model,
       "method": config.method,

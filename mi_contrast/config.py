@@ -48,6 +48,9 @@ def base_config():
 
   # Memory bank (method ir): one row per pretraining image.
   c.bank_dtype = "float32"     # float32 | bfloat16: bank storage (scores are float32 sums)
+  c.bank_sharded = False       # False: every device holds the whole bank. True: each device
+                               # holds 1/num_devices of its rows, and each anchor's band and
+                               # negatives come from every shard's own rows (candidates = 0)
 
   # The ring (authors' parameterisation): outer fraction rho_o annealed, inner fraction rho_i.
   c.ring = ml_collections.ConfigDict()
@@ -203,7 +206,7 @@ def validate(config, *, num_devices, num_train=None):
   _choice(config, "ring.schedule", RING_SCHEDULES)
   _choice(config, "compute_dtype", DTYPES)
   _choice(config, "bank_dtype", DTYPES)
-  for field in ("download", "sync_batch_norm", "ring.dynamic_inner"):
+  for field in ("download", "sync_batch_norm", "ring.dynamic_inner", "bank_sharded"):
     value = config
     for part in field.split("."):
       value = value[part]
@@ -236,6 +239,11 @@ def validate(config, *, num_devices, num_train=None):
           config.bound if config.bound != "infonce" else config.candidates,
           "bound = 'infonce' and candidates = 0 for method 'simclr' (its negatives are the "
           "global batch)")
+  if config.bank_sharded and (config.method != "ir" or config.candidates
+                              or config.bound != "infonce"):
+    _fail("bank_sharded", config.bank_sharded,
+          "False, or True with method 'ir', bound 'infonce' and candidates = 0 (each shard's "
+          "rows are the band's candidates)")
   if not isinstance(config.views, str) or not all(config.views.split(",")):
     _fail("views", config.views, "a recipe name from mi_contrast.views.RECIPES, or one name "
           "per view separated by commas")

@@ -43,6 +43,7 @@ from mi_contrast import multihost
 from mi_contrast import negatives as negatives_lib
 from mi_contrast import report
 from mi_contrast import schedules
+from mi_contrast import sharded_bank
 from mi_contrast import views as views_lib
 from mi_contrast import writers
 
@@ -141,6 +142,26 @@ def create_train_state(config, model, tx, method, num_train, image_shape):
       ring_state=ring_state, rng=root)
 
 
+def shard_bank(config, state, num_devices):
+  """With config.bank_sharded, pads the bank to whole shards (see sharded_bank.py)."""
+  if not config.bank_sharded:
+    return state
+  return state.replace(method_state=sharded_bank.shard_state(state.method_state, num_devices))
+
+
+def state_specs(config, state):
+  """PartitionSpecs of the train state: replicated, except a sharded bank's rows."""
+  specs = jax.tree.map(lambda _: P(), state)
+  if config.bank_sharded:
+    specs = specs.replace(method_state=sharded_bank.state_spec(state.method_state))
+  return specs
+
+
+def state_shardings(config, state, mesh):
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), state_specs(config, state),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
 def view_recipes(config, method):
   """One recipe name per view: `config.views` is one name for every view, or one name per
   view separated by commas (e.g. 'mocov2,simclr')."""
@@ -168,8 +189,10 @@ def _device_prefetch(host_batches, sharding, depth=2):
     yield queue.popleft()
 
 
-def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=False):
-  """The jitted step, state replicated.
+def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=False,
+                    state_spec=None):
+  """The jitted step, state replicated (state_spec: `state_specs(config, state)` when the
+  bank is sharded).
 
   In-memory data: (state, train_images) -> (state, metrics); the step draws its own indices
   from (seed, epoch) and gathers the images on the device.
@@ -238,12 +261,14 @@ def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=Fal
     return new_state, metrics
 
   # pmap semantics (check_vma=False): the per-device program states its collectives itself,
-  # and every state leaf it returns is replicated by construction (pmean, all_gather).
+  # and every state leaf it returns is replicated by construction (pmean, all_gather), or
+  # split as state_spec says (a sharded bank).
+  state_spec = P() if state_spec is None else state_spec
   if streaming:
-    fn, in_specs = per_device, (P(), P(AXIS), P(AXIS))
+    fn, in_specs = per_device, (state_spec, P(AXIS), P(AXIS))
   else:
-    fn, in_specs = in_memory, (P(), P())
-  sharded = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()),
+    fn, in_specs = in_memory, (state_spec, P())
+  sharded = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=(state_spec, P()),
                           check_vma=False)
   return jax.jit(sharded, donate_argnums=(0,))
 
@@ -267,11 +292,17 @@ def checkpoint_manager(workdir, config):
 def restore_latest(manager, state, sharding):
   """Restores the newest readable checkpoint into `state`'s structure; None if there is none.
 
+  `sharding`: one sharding for every leaf, or a TrainState of shardings (`state_shardings`).
+
   A corrupt or half-written newest checkpoint falls back to the previous one with a warning.
   """
   steps = sorted(manager.all_steps(), reverse=True)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        _state_dict(state))
+  if isinstance(sharding, TrainState):
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          _state_dict(state), _state_dict(sharding))
+  else:
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          _state_dict(state))
   errors = []
   for step in steps:
     try:
@@ -424,7 +455,8 @@ class _Preemption:
 
 _RUN_DEFINING_FIELDS = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim",
                         "method", "negatives", "num_negatives", "global_batch_size", "seed",
-                        "split_seed", "test_fraction", "image_size", "views", "bank_dtype")
+                        "split_seed", "test_fraction", "image_size", "views", "bank_dtype",
+                        "bank_sharded")
 
 
 def _check_resume_config(workdir, config, num_train):
@@ -494,19 +526,20 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   if manager.all_steps():
     _check_resume_config(workdir, config, data.num_pretrain)
 
-  replicated = NamedSharding(mesh, P())
   streaming = isinstance(data, input_pipeline.StreamingData)
   images, image_shape = device_images(config, data, mesh)
   num_rows = data.num_pretrain  # memory-bank rows: one per pretraining image
   mean, std = data.channel_stats()
   model = models.build_encoder(config, mean, std, bn_axis_name=AXIS)
   tx, _ = make_optimizer(config, num_rows)
-  init_state = create_train_state(config, model, tx, method, num_rows, image_shape)
+  init_state = shard_bank(
+      config, create_train_state(config, model, tx, method, num_rows, image_shape), num_devices)
+  shardings = state_shardings(config, init_state, mesh)
   num_steps = total_steps(config, num_rows)
 
-  restored = restore_latest(manager, init_state, replicated)
+  restored = restore_latest(manager, init_state, shardings)
   if restored is None:
-    state, resumed_from = jax.device_put(init_state, replicated), 0
+    state, resumed_from = jax.device_put(init_state, shardings), 0
     if is_lead:
       _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
       _write_json(os.path.join(workdir, "run.json"), {
@@ -521,7 +554,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   if resumed_from == 0:
     writer.write_hparams({k: v for k, v in json.loads(config.to_json()).items()
                           if not isinstance(v, dict)})
-  train_step = make_train_step(config, model, tx, method, num_rows, mesh, streaming=streaming)
+  train_step = make_train_step(config, model, tx, method, num_rows, mesh, streaming=streaming,
+                               state_spec=state_specs(config, init_state))
   if streaming:
     stream = data.train_batches(config.seed, resumed_from, config.global_batch_size,
                                 steps_per_epoch(config, num_rows))

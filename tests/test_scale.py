@@ -1,4 +1,5 @@
-"""Scale options: the transfer guard over the real loop, bfloat16 bank and activations."""
+"""Scale options: the transfer guard over the real loop, bfloat16 bank and activations, and the
+bank sharded over the devices."""
 
 import contextlib
 import json
@@ -15,6 +16,8 @@ from mi_contrast import config as config_lib
 from mi_contrast import input_pipeline
 from mi_contrast import methods
 from mi_contrast import models
+from mi_contrast import negatives
+from mi_contrast import sharded_bank
 from mi_contrast import train
 from test_train import tiny_config
 
@@ -109,7 +112,7 @@ def test_transfer_guard_stops_host_values_entering_a_step():
 # ----------------------------------------------------------------------------------------------
 
 
-def _one_step(config, devices):
+def _one_step(config, devices, shard=False):
   mesh = train.make_mesh(devices)
   replicated = NamedSharding(mesh, P())
   data = input_pipeline.load_dataset(config)
@@ -119,8 +122,10 @@ def _one_step(config, devices):
   method = methods.get(config.method)
   tx, _ = train.make_optimizer(config, data.num_train)
   state = train.create_train_state(config, model, tx, method, data.num_train, images.shape[1:])
-  step = train.make_train_step(config, model, tx, method, data.num_train, mesh)
-  state = jax.device_put(state, replicated)
+  state = train.shard_bank(config, state, len(devices))
+  step = train.make_train_step(config, model, tx, method, data.num_train, mesh,
+                               state_spec=train.state_specs(config, state))
+  state = jax.device_put(state, train.state_shardings(config, state, mesh))
   new_state, metrics = step(state, images)
   return jax.device_get(metrics), new_state, model, data
 
@@ -157,9 +162,94 @@ def test_bfloat16_run_trains_with_finite_loss_and_a_bfloat16_bank_checkpoint(tmp
   assert str(tree["params"]["backbone"]["conv1"]["kernel"].dtype) == "float32"
 
 
+# ----------------------------------------------------------------------------------------------
+# Sharded bank.
+# ----------------------------------------------------------------------------------------------
+
+
+def test_sharded_bank_pads_with_mirrors_and_updates_like_the_replicated_bank():
+  config = tiny_config("ring")
+  _, replicated, _, data = _one_step(config, jax.devices())
+  config.bank_sharded = True
+  metrics, sharded, _, _ = _one_step(config, jax.devices(), shard=True)
+  n = data.num_train
+  bank = sharded.method_state["bank"]
+  per_device = sharded_bank.rows_per_shard(n, 8)
+  assert bank.shape == (8 * per_device, config.embedding_dim) and n % 8  # 1438 -> 1440 rows
+  assert bank.sharding.spec == P("batch")
+  assert {s.data.shape[0] for s in bank.addressable_shards} == {per_device}
+  assert int(sharded.method_state["rows"]) == n
+  bank = np.asarray(bank)
+  # Same embeddings, same update: the real rows equal the replicated bank's after the step,
+  # and the mirror rows equal their source rows.
+  np.testing.assert_allclose(bank[:n], np.asarray(replicated.method_state["bank"]), atol=1e-5)
+  np.testing.assert_array_equal(bank[n:], bank[:8 * per_device - n])
+  assert np.isfinite(metrics["loss"])
+  assert metrics["log_k_plus_1"] == pytest.approx(np.log(config.num_negatives + 1), rel=1e-6)
+
+
+def test_sharded_bank_objective_scores_each_shard_band():
+  """Positives come from the row's shard; each shard's negatives lie in that shard's band."""
+  devices = jax.devices()
+  mesh = train.make_mesh(devices)
+  config = tiny_config("ring", bank_sharded=True, num_negatives=16)
+  rng = np.random.default_rng(0)
+  n, dim, b = 160, 8, 16
+  bank = rng.normal(size=(n, dim)).astype(np.float32)
+  bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+  z = rng.normal(size=(1, b, dim)).astype(np.float32)
+  z /= np.linalg.norm(z, axis=-1, keepdims=True)
+  indices = np.arange(b, dtype=np.int32) * 7
+  band = methods.Band(jnp.float32(0.8), jnp.float32(0.95))
+
+  def objective(z, indices, bank):
+    out = sharded_bank.ir_objective(config, z, indices, {"bank": bank}, jax.random.key(1),
+                                    band)
+    return out.value, out.bound
+
+  fn = jax.jit(jax.shard_map(objective, mesh=mesh, in_specs=(P(None, "batch"), P("batch"),
+                                                             P("batch")),
+                             out_specs=(P("batch"), P("batch")), check_vma=False))
+  value, bound = fn(z, indices, bank)
+  value = np.asarray(value)
+  assert value.shape == (b,) and np.all(np.isfinite(value))
+  # Recompute with the returned value: InfoNCE of (pos, neg) with pos = z . M[i] / tau and neg
+  # drawn from each shard's band; check the value is bounded by the best and worst negatives
+  # any shard's band allows.
+  tau = config.temperature
+  pos = np.sum(z[0] * bank[indices], axis=1) / tau
+  shards = bank.reshape(8, n // 8, dim)
+  lo, hi = np.full(b, np.inf), np.full(b, -np.inf)
+  for shard in shards:
+    scores = z[0] @ shard.T / tau
+    descending = -np.sort(-scores, axis=1)             # rank 0 = most similar
+    start, end = (int(x) for x in negatives.band_bounds(shard.shape[0], 0.8, 0.95))
+    lo = np.minimum(lo, descending[:, end - 1])
+    hi = np.maximum(hi, descending[:, start])
+  k = config.num_negatives
+  logk1 = np.log(k + 1)
+
+  def infonce(neg):
+    return pos - np.logaddexp(pos, np.log(k) + neg) + logk1
+
+  assert np.all(value <= infonce(lo) + 1e-4) and np.all(value >= infonce(hi) - 1e-4)
+
+
+def test_sharded_bank_trains_checkpoints_and_resumes(tmp_path):
+  config = tiny_config("ring", bank_sharded=True, checkpoint_every_steps=4, num_epochs=1)
+  first = train.train_and_evaluate(config, str(tmp_path), stop_after_steps=4)
+  assert first.results["steps"] == 4
+  rest = train.train_and_evaluate(config, str(tmp_path)).results
+  assert rest["resumed_from_step"] == 4 and np.isfinite(rest["loss"])
+  assert rest["knn_top1"] > 0.5
+
+
 @pytest.mark.parametrize("overrides,needle", [
     ({"compute_dtype": "float16"}, "compute_dtype"),
     ({"bank_dtype": "int8"}, "bank_dtype"),
+    ({"bank_sharded": True, "method": "simclr"}, "bank_sharded"),
+    ({"bank_sharded": True, "candidates": 256}, "bank_sharded"),
+    ({"bank_sharded": True, "negatives": "uniform", "bound": "nce"}, "bank_sharded"),
 ])
 def test_bad_scale_options_are_named(overrides, needle):
   negatives = overrides.pop("negatives", "ring")

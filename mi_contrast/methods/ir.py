@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from mi_contrast import bounds
 from mi_contrast import memory
 from mi_contrast import negatives as negatives_lib
+from mi_contrast import sharded_bank
 from mi_contrast.methods.base import Objective
 
 NUM_VIEWS = 1
@@ -33,6 +34,8 @@ def init_state(rng, config, num_train):
 
 def objective(config, z, indices, state, rng, band):
   """z: [1, B, D] unit rows of this device's anchors; indices: [B] their dataset rows."""
+  if config.bank_sharded:  # state['bank'] holds this device's rows only
+    return sharded_bank.ir_objective(config, z, indices, state, rng, band)
   z = z[0]
   bank = jax.lax.stop_gradient(state["bank"]).astype(jnp.float32)
   num_rows = bank.shape[0]
@@ -61,5 +64,7 @@ def objective(config, z, indices, state, rng, band):
 
 
 def update_state(config, state, all_indices, all_z):
+  if config.bank_sharded:
+    return sharded_bank.ir_update_state(config, state, all_indices, all_z)
   return {"bank": memory.bank_update(state["bank"], all_indices, all_z[0],
                                      config.bank_momentum)}
