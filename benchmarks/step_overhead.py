@@ -3,7 +3,9 @@
 Command:  python benchmarks/step_overhead.py --config=configs/ring.py:cifar10 [--batch=64]
 Reads:    no dataset. Synthetic uint8 images of the preset's shape, and a memory bank of the
           preset's size (50,000 rows for cifar10/cifar100, 5,000 for stl10, 1,281,167 for
-          imagenet2012, 1,438 for digits).
+          imagenet2012, 1,438 for digits). In-memory presets hold N synthetic images on the
+          device, as a real run does; imagenet2012 feeds the streaming step one synthetic
+          batch of crops and indices.
 Prints:   one JSON line; also writes benchmarks/results/step_overhead_<config>.json
           (e.g. step_overhead_ring_cifar10.json).
 
@@ -108,10 +110,17 @@ def measure(config, num_rows, reps, seed=0):
   size = config.image_size
   shape = (size, size, CHANNELS.get(config.dataset, 3))
   rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (num_rows,) + shape, dtype=np.uint8)
-  train_images = jax.device_put(images, replicated)
   batch = config.global_batch_size
-  one_view = jax.device_put(images[:batch], NamedSharding(mesh, P(train.AXIS)))
+  split = NamedSharding(mesh, P(train.AXIS))
+  streaming = config.dataset in input_pipeline.STREAMING
+  if streaming:  # the host hands each step a batch of fixed-size crops and their indices
+    images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
+    indices = rng.choice(num_rows, batch, replace=False).astype(np.int32)
+    step_inputs = (jax.device_put(images, split), jax.device_put(indices, split))
+  else:          # in-memory data: every image on the device, the step gathers by index
+    images = rng.integers(0, 256, (num_rows,) + shape, dtype=np.uint8)
+    step_inputs = (jax.device_put(images, replicated),)
+  one_view = jax.device_put(images[:batch], split)
   method = methods.get(config.method)
   model = models.build_encoder(config, (0.5,) * shape[-1], (0.25,) * shape[-1],
                                bn_axis_name=train.AXIS)
@@ -123,12 +132,12 @@ def measure(config, num_rows, reps, seed=0):
     return jax.device_put(state, train.state_shardings(config, state, mesh))
 
   template = make_state()
-  full = train.make_train_step(config, model, tx, method, num_rows, mesh,
+  full = train.make_train_step(config, model, tx, method, num_rows, mesh, streaming=streaming,
                                state_spec=train.state_specs(config, template))
   backbone = backbone_step(model, tx, mesh)
 
   states = {"full": template, "backbone": make_state()}
-  calls = {"full": lambda s: full(s, train_images)[0],
+  calls = {"full": lambda s: full(s, *step_inputs)[0],
            "backbone": lambda s: backbone(s, one_view)}
   compile_s = {}
   for name in ("full", "backbone"):
@@ -162,6 +171,7 @@ def measure(config, num_rows, reps, seed=0):
       "bank_sharded": config.bank_sharded,
       "compute_dtype": config.compute_dtype,
       "image_shape": list(shape),
+      "streaming": streaming,
       "model": config.model,
       "method": config.method,
       "negatives": config.negatives,
