@@ -11,10 +11,14 @@
 #   --port=P                 coordinator port on localhost (default: a free port)
 #   --python=PATH            interpreter (default: $PYTHON or python)
 #   --log_dir=DIR            also keep each process's output in DIR/process_<i>.log
+#   --kill_after=S           after a failure, SIGKILL the processes still running S seconds
+#                            after their SIGTERM (default 20: with a peer gone, their
+#                            collectives cannot finish)
 # Everything after -- goes to `python -m mi_contrast.main` unchanged.
 #
 # Waits for every process. Exits 0 only if all of them exit 0; when one fails, the others are
-# stopped and the script exits with the failing process's status.
+# stopped and the script exits with the failing process's status. SIGTERM to the script is
+# passed to every process (each writes a checkpoint at the same step and exits 0).
 set -u
 
 num_processes=2
@@ -22,6 +26,7 @@ devices_per_process=4
 port=""
 python_bin="${PYTHON:-python}"
 log_dir=""
+kill_after=20
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --num_processes=*) num_processes="${1#*=}" ;;
@@ -29,8 +34,9 @@ while [[ $# -gt 0 ]]; do
     --port=*) port="${1#*=}" ;;
     --python=*) python_bin="${1#*=}" ;;
     --log_dir=*) log_dir="${1#*=}" ;;
+    --kill_after=*) kill_after="${1#*=}" ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "local_multiprocess.sh: unknown option $1 (main's arguments go after --)" >&2
        exit 2 ;;
   esac
@@ -50,7 +56,9 @@ pids=()
 stop_all() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
 }
-trap 'stop_all; exit 143' TERM INT
+# SIGTERM / SIGINT to the launcher go to every process (which checkpoint and exit 0 on
+# SIGTERM); the launcher keeps waiting for them and reports their status.
+trap 'stop_all' TERM INT
 
 for ((i = 0; i < num_processes; i++)); do
   (
@@ -73,12 +81,13 @@ for ((i = 0; i < num_processes; i++)); do
 done
 
 status=0
+killer=""
 live=("${pids[@]}")
 while [[ ${#live[@]} -gt 0 ]]; do
   finished=""
   wait -n -p finished "${live[@]}"
   code=$?
-  [[ -z "$finished" ]] && break
+  [[ -z "${finished:-}" ]] && continue  # interrupted by a trapped signal: keep waiting
   rest=()
   for pid in "${live[@]}"; do [[ "$pid" != "$finished" ]] && rest+=("$pid"); done
   live=("${rest[@]+"${rest[@]}"}")
@@ -88,6 +97,12 @@ while [[ ${#live[@]} -gt 0 ]]; do
          "stopping the others" >&2
     pids=("${live[@]+"${live[@]}"}")
     stop_all
+    if [[ ${#pids[@]} -gt 0 ]]; then
+      ( sleep "$kill_after"; for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+      ) >/dev/null 2>&1 &
+      killer=$!
+    fi
   fi
 done
+[[ -n "$killer" ]] && kill "$killer" 2>/dev/null
 exit "$status"

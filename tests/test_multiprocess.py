@@ -8,8 +8,10 @@ different orders, and the ring's band draws amplify the last-bit differences ove
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -69,6 +71,46 @@ def test_launcher_exits_nonzero_when_a_process_fails(tmp_path):
                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
   assert run.returncode != 0
   assert "global_batch_size" in run.stderr + run.stdout
+
+
+FAKE_MAIN = """#!/bin/bash
+# Stands in for python: '-c' picks the port; otherwise acts as a training process that
+# checkpoints (sleeps) and exits 0 on SIGTERM, or fails when asked to.
+if [[ "$1" == "-c" ]]; then exec "%s" "$@"; fi
+[[ " $* " == *" --fail "* && " $* " == *"--process_id=1"* ]] && exit 3
+trap 'sleep 1; echo "process $$ checkpointed"; exit 0' TERM
+for i in $(seq 1 300); do sleep 0.1; done
+exit 0
+"""
+
+
+def _fake_python(tmp_path):
+  path = tmp_path / "fake_python"
+  path.write_text(FAKE_MAIN % sys.executable)
+  path.chmod(0o755)
+  return str(path)
+
+
+def test_launcher_passes_sigterm_to_every_process_and_waits_for_them(tmp_path):
+  launcher = subprocess.Popen(["bash", LAUNCHER, "--num_processes=3", "--devices_per_process=1",
+                               f"--python={_fake_python(tmp_path)}", "--", "--workdir=x"],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+  time.sleep(2)
+  launcher.send_signal(signal.SIGTERM)
+  output = launcher.communicate(timeout=30)[0]
+  assert launcher.returncode == 0, output
+  assert output.count("checkpointed") == 3
+
+
+def test_launcher_stops_the_others_when_one_process_fails(tmp_path):
+  start = time.time()
+  run = subprocess.run(["bash", LAUNCHER, "--num_processes=3", "--devices_per_process=1",
+                        f"--python={_fake_python(tmp_path)}", "--", "--fail"],
+                       env=_env(), capture_output=True, text=True, timeout=30)
+  assert run.returncode == 3, run.stdout + run.stderr
+  assert "exited with status 3" in run.stderr
+  assert time.time() - start < 20  # the others were stopped, not waited out (30 s)
 
 
 def test_distributed_is_wanted_only_for_several_processes():
