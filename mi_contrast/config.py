@@ -33,6 +33,8 @@ def base_config():
   c.head_hidden = 256          # projection MLP hidden width
   c.embedding_dim = 128
   c.sync_batch_norm = True     # BatchNorm statistics over the global batch (all devices)
+  c.compute_dtype = "float32"  # float32 | bfloat16: activations (mixed precision); parameters,
+                               # BatchNorm statistics, embeddings and the loss stay float32
 
   # Method: which pool, which negatives, which bound (see method-spec.md).
   c.method = "ir"              # ir | la | cmc | moco | simclr
@@ -65,6 +67,12 @@ def base_config():
   # CMC: L and ab encoders on the Lab colour space, two banks.
   c.cmc = ml_collections.ConfigDict()
   c.cmc.width = "full"         # full | half: each stream's width relative to config.model's
+
+  # Memory bank (method ir): one row per pretraining image.
+  c.bank_dtype = "float32"     # float32 | bfloat16: bank storage (scores are float32 sums)
+  c.bank_sharded = False       # False: every device holds the whole bank. True: each device
+                               # holds 1/num_devices of its rows, and each anchor's band and
+                               # negatives come from every shard's own rows (candidates = 0)
 
   # The ring (authors' parameterisation): outer fraction rho_o annealed, inner fraction rho_i.
   c.ring = ml_collections.ConfigDict()
@@ -157,6 +165,7 @@ STEMS = ("cifar", "imagenet")
 LR_SCHEDULES = ("cosine", "step", "constant")
 KNN_FEATURES = ("backbone", "embedding")
 PRETRAIN_SPLITS = ("train", "unlabelled", "train+unlabelled")
+DTYPES = ("float32", "bfloat16")
 RING_SCHEDULES = ("constant", "linear", "step", "exponential", "cosine", "adaptive")
 
 
@@ -224,7 +233,10 @@ def validate(config, *, num_devices, num_train=None):
   _choice(config, "ring.schedule", RING_SCHEDULES)
   _choice(config, "cmc.width", CMC_WIDTHS)
   _choice(config, "nce_partition", ("per_batch", "first_batch"))
-  for field in ("download", "sync_batch_norm", "ring.dynamic_inner", "neighbour_views"):
+  _choice(config, "compute_dtype", DTYPES)
+  _choice(config, "bank_dtype", DTYPES)
+  for field in ("download", "sync_batch_norm", "ring.dynamic_inner", "neighbour_views",
+                "bank_sharded"):
     value = config
     for part in field.split("."):
       value = value[part]
@@ -303,6 +315,12 @@ def validate(config, *, num_devices, num_train=None):
     if config.la.warmup_epochs >= config.num_epochs:
       _fail("la.warmup_epochs", config.la.warmup_epochs,
             f"0..{config.num_epochs - 1} (below num_epochs)")
+  if config.bank_sharded and (config.method != "ir" or config.candidates
+                              or config.bound != "infonce" or config.neighbour_views
+                              or config.num_views > 1):
+    _fail("bank_sharded", config.bank_sharded,
+          "False, or True with method 'ir', bound 'infonce', candidates = 0, one view and no "
+          "neighbour views (each shard's rows are the band's candidates)")
   if not isinstance(config.views, str) or not all(config.views.split(",")):
     _fail("views", config.views, "a recipe name from mi_contrast.views.RECIPES, or one name "
           "per view separated by commas")

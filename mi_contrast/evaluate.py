@@ -26,25 +26,43 @@ def extract_features(model, variables, images, mesh, chunk=512):
   Args:
     model: a ContrastiveEncoder.
     variables: {'params', 'batch_stats'}, replicated.
-    images: [N, H, W, C] device array (uint8 or float in [0, 1]).
-    mesh: 1-D device mesh with axis 'batch'; each chunk is split over its devices.
+    images: [N, H, W, C] device array (uint8 or float in [0, 1]), replicated on `mesh`.
+    mesh: 1-D device mesh with axis 'batch' (may span several processes); each chunk is split
+      over its devices and the features are gathered back onto every device, so every process
+      gets all N rows.
   Returns:
     (h [N, F], z [N, D]) as host float32 numpy arrays.
   """
   num_devices = mesh.devices.size
-  chunk = max(num_devices, chunk - chunk % num_devices)
-  fn = _feature_fn(model, mesh)
-  hs, zs = [], []
   n = images.shape[0]
+  chunk = max(num_devices, chunk - chunk % num_devices)
+  if n < chunk:  # one chunk: pad the rows up to a multiple of the device count
+    chunk = n + (-n) % num_devices
+  fn = _chunk_feature_fn(model, mesh, chunk)
+  hs, zs = [], []
   for start in range(0, n, chunk):
-    part = images[start:start + chunk]
-    pad = (-part.shape[0]) % num_devices
-    if pad:
-      part = jnp.concatenate([part, jnp.zeros((pad,) + part.shape[1:], part.dtype)])
-    h, z = fn(variables, part)
-    hs.append(np.asarray(h)[:part.shape[0] - pad])
-    zs.append(np.asarray(z)[:part.shape[0] - pad])
+    # Chunks have one static size: the last one starts earlier and overlaps the previous one
+    # (or, with fewer rows than one chunk, repeats rows), and only its new rows are kept.
+    first = max(0, min(start, n - chunk))
+    h, z = fn(variables, images, first)
+    keep = slice(start - first, start - first + min(chunk, n - start))
+    hs.append(np.asarray(h)[keep])
+    zs.append(np.asarray(z)[keep])
   return np.concatenate(hs), np.concatenate(zs)
+
+
+@functools.lru_cache(maxsize=None)
+def _chunk_feature_fn(model, mesh, chunk):
+  """(variables, images [N, ...] replicated, first row) -> features of rows first..first+chunk,
+  replicated (fetchable by every process). Rows past N repeat row N - 1."""
+  sharded = _feature_fn(model, mesh)
+  replicated = jax.sharding.NamedSharding(mesh, P())
+
+  def features(variables, images, first):
+    rows = jnp.minimum(first + jnp.arange(chunk), images.shape[0] - 1)
+    return sharded(variables, images[rows])
+
+  return jax.jit(features, out_shardings=(replicated, replicated))
 
 
 def extract_features_stream(model, variables, batches, mesh):

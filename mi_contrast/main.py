@@ -3,6 +3,11 @@
 `--config=configs/ring.py:cifar10` picks a dataset preset; `--config.num_epochs=10` overrides
 one field. The run resumes from the workdir's newest checkpoint, and a finished run is not
 trained again. SIGTERM writes a checkpoint at the next step and exits 0.
+
+Several processes (one per host or per GPU; see launch/README.md): every process runs the same
+command, plus --coordinator_address=host:port --num_processes=N --process_id=i, or nothing
+extra under SLURM (srun), Open MPI, or on a TPU pod slice with --distributed=on. Process 0
+writes the logs and files; checkpoints are written and restored by all processes together.
 """
 
 import logging as py_logging
@@ -18,6 +23,14 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "auto: start jax.distributed when the flags below, JAX_COORDINATOR_ADDRESS, "
+                  "SLURM (more than one task) or Open MPI ask for several processes; on: always "
+                  "(JAX detects TPU pods, SLURM, Open MPI); off: never.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0's coordinator, for a multi-process run.")
+flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,14 +45,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that flag parsing (and --help) stays fast.
+  from mi_contrast import multihost
+  multihost.initialize(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                       FLAGS.process_id)
   from mi_contrast import train
   logging.get_absl_handler().python_handler.stream = sys.stdout
   logging.get_absl_handler().addFilter(_QuietCheckpointing())
+  if not multihost.is_lead():  # process 0 logs the run; the others only warnings and errors
+    logging.set_verbosity(logging.WARNING)
   outcome = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if outcome.preempted:
     logging.info("Preempted at step %d; run the same command to resume.",
                  outcome.results["steps"])
-  else:
+  elif multihost.is_lead():
     logging.info("Results written to %s", os.path.join(FLAGS.workdir, "results.json"))
 
 

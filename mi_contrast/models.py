@@ -9,9 +9,12 @@ renaming.
 BatchNorm: with `bn_axis_name='batch'` and inside a `shard_map` over that axis, training-mode
 statistics are averaged over every device (global-batch BN), so a step computes the same
 function on 1 or 8 devices.
+
+Mixed precision: `dtype=jnp.bfloat16` computes convolutions, dense layers and activations in
+bfloat16 while parameters and BatchNorm statistics stay float32; h and z are returned float32.
 """
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -33,11 +36,12 @@ class _Block(nn.Module):
   strides: int
   bottleneck: bool
   norm: type
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2,
-                                         use_bias=False, name=name)
+                                         use_bias=False, dtype=self.dtype, name=name)
     out_features = self.features * (4 if self.bottleneck else 1)
     residual = x
     if self.bottleneck:
@@ -65,23 +69,28 @@ class ResNet(nn.Module):
     stem: 'cifar' (3x3 conv, stride 1, no max-pool: 32 px inputs) or 'imagenet' (7x7/2 conv +
       3x3/2 max-pool).
     bn_axis_name: axis to average BatchNorm statistics over in training, or None.
+    dtype: computation dtype (parameters stay float32).
   """
   stages: Sequence[int]
   bottleneck: bool = False
   width: int = 64
   stem: str = "cifar"
   bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                     axis_name=self.bn_axis_name if train else None, **kw)
+                                     axis_name=self.bn_axis_name if train else None,
+                                     dtype=self.dtype, **kw)
+    x = x.astype(self.dtype)
     if self.stem == "cifar":
-      x = nn.Conv(self.width, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False, name="conv1")(x)
+      x = nn.Conv(self.width, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False,
+                  dtype=self.dtype, name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
     elif self.stem == "imagenet":
       x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False,
-                  name="conv1")(x)
+                  dtype=self.dtype, name="conv1")(x)
       x = nn.relu(norm(name="bn1")(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
     else:
@@ -89,8 +98,8 @@ class ResNet(nn.Module):
     for s, num_blocks in enumerate(self.stages):
       for b in range(num_blocks):
         x = _Block(self.width * 2**s, 2 if (s > 0 and b == 0) else 1, self.bottleneck, norm,
-                   name=f"layer{s + 1}_{b}")(x)
-    return jnp.mean(x, axis=(1, 2))
+                   self.dtype, name=f"layer{s + 1}_{b}")(x)
+    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
 class ProjectionHead(nn.Module):
@@ -103,12 +112,14 @@ class ProjectionHead(nn.Module):
   hidden: int
   out: int
   norm: type
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, h):
-    x = nn.relu(self.norm(name="bn1")(nn.Dense(self.hidden, use_bias=False, name="fc1")(h)))
-    return self.norm(name="bn2", use_scale=False, use_bias=False)(
-        nn.Dense(self.out, use_bias=False, name="fc2")(x))
+    dense = lambda f, name: nn.Dense(f, use_bias=False, dtype=self.dtype, name=name)
+    x = nn.relu(self.norm(name="bn1")(dense(self.hidden, "fc1")(h)))
+    z = self.norm(name="bn2", use_scale=False, use_bias=False)(dense(self.out, "fc2")(x))
+    return z.astype(jnp.float32)
 
 
 class ContrastiveEncoder(nn.Module):
@@ -121,6 +132,7 @@ class ContrastiveEncoder(nn.Module):
   bn_axis_name: Optional[str] = None
   mean: Sequence[float] = (0.5,)
   std: Sequence[float] = (0.25,)
+  dtype: Any = jnp.float32    # computation dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, images, train: bool = True):
@@ -129,10 +141,11 @@ class ContrastiveEncoder(nn.Module):
     block, stages = ARCHITECTURES[self.arch]
     x = (images - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
     h = ResNet(stages, block == "bottleneck", self.width, self.stem, self.bn_axis_name,
-               name="backbone")(x, train)
+               self.dtype, name="backbone")(x, train)
     norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                     axis_name=self.bn_axis_name if train else None, **kw)
-    z = ProjectionHead(self.head_hidden, self.embedding_dim, norm, name="head")(h)
+                                     axis_name=self.bn_axis_name if train else None,
+                                     dtype=self.dtype, **kw)
+    z = ProjectionHead(self.head_hidden, self.embedding_dim, norm, self.dtype, name="head")(h)
     return h, z
 
 
@@ -152,6 +165,7 @@ class LabEncoder(nn.Module):
   head_hidden: int = 512
   embedding_dim: int = 128
   bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32    # computation dtype of both streams; parameters stay float32
 
   @nn.compact
   def __call__(self, images, train: bool = True):
@@ -160,7 +174,8 @@ class LabEncoder(nn.Module):
     lightness, ab = views.lab_split(images)
     stream = lambda name, channels: ContrastiveEncoder(
         self.arch, self.width, self.stem, self.head_hidden, self.embedding_dim,
-        self.bn_axis_name, mean=(0.0,) * channels, std=(1.0,) * channels, name=name)
+        self.bn_axis_name, mean=(0.0,) * channels, std=(1.0,) * channels, dtype=self.dtype,
+        name=name)
     h_l, z_l = stream("l", 1)(lightness, train)
     h_ab, z_ab = stream("ab", 2)(ab, train)
     return jnp.concatenate([h_l, h_ab], axis=-1), jnp.stack([z_l, z_ab], axis=1)
@@ -176,8 +191,10 @@ def build_encoder(config, mean, std, bn_axis_name="batch"):
     return LabEncoder(arch=config.model, width=width if config.cmc.width == "full" else
                       max(1, width // 2), stem=config.stem, head_hidden=config.head_hidden,
                       embedding_dim=config.embedding_dim,
-                      bn_axis_name=bn_axis_name if config.sync_batch_norm else None)
+                      bn_axis_name=bn_axis_name if config.sync_batch_norm else None,
+                      dtype=jnp.dtype(config.compute_dtype))
   return ContrastiveEncoder(arch=config.model, width=width, stem=config.stem,
                             head_hidden=config.head_hidden, embedding_dim=config.embedding_dim,
                             bn_axis_name=bn_axis_name if config.sync_batch_norm else None,
-                            mean=tuple(mean), std=tuple(std))
+                            mean=tuple(mean), std=tuple(std),
+                            dtype=jnp.dtype(config.compute_dtype))

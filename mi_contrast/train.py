@@ -39,13 +39,21 @@ from mi_contrast import input_pipeline
 from mi_contrast import memory
 from mi_contrast import methods
 from mi_contrast import models
+from mi_contrast import multihost
 from mi_contrast import negatives as negatives_lib
 from mi_contrast import report
 from mi_contrast import schedules
+from mi_contrast import sharded_bank
 from mi_contrast import views as views_lib
 from mi_contrast import writers
 
 AXIS = "batch"
+# Every training step of the loop runs under this transfer guard: an implicit transfer between
+# host and device inside a step (a stray float(), a host constant, a resharded input) raises
+# instead of silently synchronising every step. Metrics are fetched, evaluation runs and
+# checkpoints are written outside it. (On the CPU backend JAX does not guard device-to-host
+# reads, which copy nothing there; tests/test_scale.py adds a detector for those.)
+STEP_TRANSFER_GUARD = "disallow"
 
 
 @flax.struct.dataclass
@@ -135,6 +143,26 @@ def create_train_state(config, model, tx, method, num_train, image_shape):
       ring_state=ring_state, rng=root)
 
 
+def shard_bank(config, state, num_devices):
+  """With config.bank_sharded, pads the bank to whole shards (see sharded_bank.py)."""
+  if not config.bank_sharded:
+    return state
+  return state.replace(method_state=sharded_bank.shard_state(state.method_state, num_devices))
+
+
+def state_specs(config, state):
+  """PartitionSpecs of the train state: replicated, except a sharded bank's rows."""
+  specs = jax.tree.map(lambda _: P(), state)
+  if config.bank_sharded:
+    specs = specs.replace(method_state=sharded_bank.state_spec(state.method_state))
+  return specs
+
+
+def state_shardings(config, state, mesh):
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), state_specs(config, state),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
 def view_recipes(config, method):
   """One recipe name per view: `config.views` is one name for every view, or one name per
   view separated by commas (e.g. 'mocov2,simclr')."""
@@ -163,8 +191,10 @@ def _device_prefetch(host_batches, sharding, depth=2):
     yield queue.popleft()
 
 
-def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=False):
-  """The jitted step, state replicated.
+def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=False,
+                    state_spec=None):
+  """The jitted step, state replicated (state_spec: `state_specs(config, state)` when the
+  bank is sharded).
 
   In-memory data: (state, train_images) -> (state, metrics); the step draws its own indices
   from (seed, epoch) and gathers the images on the device.
@@ -241,12 +271,14 @@ def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=Fal
     return new_state, metrics
 
   # pmap semantics (check_vma=False): the per-device program states its collectives itself,
-  # and every state leaf it returns is replicated by construction (pmean, all_gather).
+  # and every state leaf it returns is replicated by construction (pmean, all_gather), or
+  # split as state_spec says (a sharded bank).
+  state_spec = P() if state_spec is None else state_spec
   if streaming:
-    fn, in_specs = per_device, (P(), P(AXIS), P(AXIS))
+    fn, in_specs = per_device, (state_spec, P(AXIS), P(AXIS))
   else:
-    fn, in_specs = in_memory, (P(), P())
-  sharded = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()),
+    fn, in_specs = in_memory, (state_spec, P())
+  sharded = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=(state_spec, P()),
                           check_vma=False)
   return jax.jit(sharded, donate_argnums=(0,))
 
@@ -270,11 +302,17 @@ def checkpoint_manager(workdir, config):
 def restore_latest(manager, state, sharding):
   """Restores the newest readable checkpoint into `state`'s structure; None if there is none.
 
+  `sharding`: one sharding for every leaf, or a TrainState of shardings (`state_shardings`).
+
   A corrupt or half-written newest checkpoint falls back to the previous one with a warning.
   """
   steps = sorted(manager.all_steps(), reverse=True)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        _state_dict(state))
+  if isinstance(sharding, TrainState):
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          _state_dict(state), _state_dict(sharding))
+  else:
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          _state_dict(state))
   errors = []
   for step in steps:
     try:
@@ -287,7 +325,10 @@ def restore_latest(manager, state, sharding):
       errors.append(f"step {step}: {type(e).__name__}: {e}")
       continue
     if errors:
-      _move_aside(manager, [s for s in steps if s > step])
+      if multihost.is_lead():
+        _move_aside(manager, [s for s in steps if s > step])
+      multihost.sync("checkpoints moved aside")
+      manager.reload()
     return flax.serialization.from_state_dict(state, restored), step
   if steps:
     raise RuntimeError(f"{manager.directory} holds checkpoints {steps} but none can be read:\n  "
@@ -304,8 +345,6 @@ def _move_aside(manager, steps):
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.replace(source, target)
     logging.warning("moved the unreadable checkpoint of step %d to %s", step, target)
-  if steps:
-    manager.reload()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -387,18 +426,33 @@ def _write_json(path, payload):
 
 
 class _Preemption:
-  """SIGTERM -> checkpoint at the next step boundary, then a clean exit."""
+  """SIGTERM -> checkpoint at the next step boundary, then a clean exit.
+
+  With several processes, JAX's preemption service catches the signal instead: any process's
+  notice reaches all of them, and `reached(step)` turns True at the same step everywhere, so
+  every process joins the same collective checkpoint.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+    self._multiprocess = jax.process_count() > 1
 
   def __enter__(self):
+    if self._multiprocess:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread: no handler
       self._previous = None
     return self
+
+  def reached(self, step):
+    """Whether to checkpoint and stop after `step` (no device synchronisation)."""
+    if self._multiprocess:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
 
   def _handle(self, signum, frame):
     del signum, frame
@@ -412,7 +466,8 @@ class _Preemption:
 _RUN_DEFINING_FIELDS = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim",
                         "method", "negatives", "num_negatives", "global_batch_size", "seed",
                         "split_seed", "test_fraction", "image_size", "views", "num_views",
-                        "bound", "nce_partition", "neighbour_views", "cmc", "la")
+                        "bound", "nce_partition", "neighbour_views", "cmc", "la", "bank_dtype",
+                        "bank_sharded")
 
 
 def _check_resume_config(workdir, config, num_train):
@@ -423,6 +478,8 @@ def _check_resume_config(workdir, config, num_train):
   with open(path) as f:
     saved = json.load(f)
   current = json.loads(config.to_json())
+  defaults = config_lib.base_config()  # fields added since the checkpoint's config was saved
+  saved = {**{k: defaults[k] for k in _RUN_DEFINING_FIELDS if k not in saved}, **saved}
   diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
            for k in _RUN_DEFINING_FIELDS if saved.get(k) != current.get(k)]
   run_path = os.path.join(workdir, "run.json")
@@ -442,6 +499,11 @@ def _check_resume_config(workdir, config, num_train):
 # ----------------------------------------------------------------------------------------------
 # The loop.
 # ----------------------------------------------------------------------------------------------
+
+
+def _step_guard():
+  """The context every step of the loop runs in (inputs fetched and step dispatched)."""
+  return jax.transfer_guard(STEP_TRANSFER_GUARD)
 
 
 @dataclasses.dataclass
@@ -475,23 +537,25 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   if manager.all_steps():
     _check_resume_config(workdir, config, data.num_pretrain)
 
-  replicated = NamedSharding(mesh, P())
   streaming = isinstance(data, input_pipeline.StreamingData)
   images, image_shape = device_images(config, data, mesh)
   num_rows = data.num_pretrain  # memory-bank rows: one per pretraining image
   mean, std = data.channel_stats()
   model = models.build_encoder(config, mean, std, bn_axis_name=AXIS)
   tx, _ = make_optimizer(config, num_rows)
-  init_state = create_train_state(config, model, tx, method, num_rows, image_shape)
+  init_state = shard_bank(
+      config, create_train_state(config, model, tx, method, num_rows, image_shape), num_devices)
+  shardings = state_shardings(config, init_state, mesh)
   num_steps = total_steps(config, num_rows)
 
-  restored = restore_latest(manager, init_state, replicated)
+  restored = restore_latest(manager, init_state, shardings)
   if restored is None:
-    state, resumed_from = jax.device_put(init_state, replicated), 0
+    state, resumed_from = jax.device_put(init_state, shardings), 0
     if is_lead:
       _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
       _write_json(os.path.join(workdir, "run.json"), {
           "memory_bank_rows": num_rows, "num_devices": num_devices,
+          "num_processes": jax.process_count(),
           "channel_mean": list(mean), "channel_std": list(std)})
   else:
     state, resumed_from = restored
@@ -501,7 +565,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   if resumed_from == 0:
     writer.write_hparams({k: v for k, v in json.loads(config.to_json()).items()
                           if not isinstance(v, dict)})
-  train_step = make_train_step(config, model, tx, method, num_rows, mesh, streaming=streaming)
+  train_step = make_train_step(config, model, tx, method, num_rows, mesh, streaming=streaming,
+                               state_spec=state_specs(config, init_state))
   if streaming:
     stream = data.train_batches(config.seed, resumed_from, config.global_batch_size,
                                 steps_per_epoch(config, num_rows))
@@ -546,7 +611,8 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
 
   with _Preemption() as preemption:
     while step < stop_at:
-      state, metrics = train_step(state, *step_inputs())
+      with _step_guard():
+        state, metrics = train_step(state, *step_inputs())
       step += 1
       pending.append((step, metrics))
       if step % config.log_every_steps == 0 or step == stop_at:
@@ -558,7 +624,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
                      knn["nn1_top1"])
       if step % config.checkpoint_every_steps == 0 or step == stop_at:
         save(step)
-      if preemption.requested:
+      if preemption.reached(step):
         if last_good != step:
           save(step)
         logging.warning("SIGTERM: checkpoint written at step %d; the same command resumes.",
@@ -612,6 +678,7 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       "params_sha256": sha,
       "params_l2": l2,
       "num_devices": num_devices,
+      "num_processes": jax.process_count(),
       "num_train": data.num_train,
       "num_pretrain": num_rows,
       "num_test": data.num_test,

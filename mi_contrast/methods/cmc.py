@@ -26,9 +26,10 @@ ONLINE_VIEWS = None
 
 def init_state(rng, config, num_train, variables):
   del variables
-  return {"bank_l": memory.bank_init(rng, num_train, config.embedding_dim),
+  dtype = jnp.dtype(config.bank_dtype)
+  return {"bank_l": memory.bank_init(rng, num_train, config.embedding_dim, dtype),
           "bank_ab": memory.bank_init(jax.random.fold_in(rng, 1), num_train,
-                                     config.embedding_dim)}
+                                     config.embedding_dim, dtype)}
 
 
 def objective(config, z, indices, state, rng, band, targets=None):

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from mi_contrast import bounds
 from mi_contrast import memory
 from mi_contrast import negatives as negatives_lib
+from mi_contrast import sharded_bank
 from mi_contrast.methods.base import Objective
 
 VIEWS = (1, 1, 8)
@@ -36,7 +37,8 @@ AXIS = "batch"
 
 def init_state(rng, config, num_train, variables):
   del variables
-  state = {"bank": memory.bank_init(rng, num_train, config.embedding_dim)}
+  state = {"bank": memory.bank_init(rng, num_train, config.embedding_dim,
+                                    dtype=jnp.dtype(config.bank_dtype))}
   if config.bound == "nce" and config.nce_partition == "first_batch":
     # log Z of the NCE partition: estimated on the first step's global batch, then constant.
     state["log_z"] = jnp.full((), jnp.nan, jnp.float32)
@@ -68,6 +70,8 @@ def objective(config, z, indices, state, rng, band, targets=None):
 
   Returns per-anchor values [V * b] (view-major).
   """
+  if config.bank_sharded:  # state['bank'] holds this device's rows only (one view)
+    return sharded_bank.ir_objective(config, z, indices, state, rng, band)
   num_views = z.shape[0]
   num_rows = state["bank"].shape[0]
   if config.neighbour_views:
@@ -153,6 +157,8 @@ def neighbour_view_objective(config, z, rows, bank, band):
 
 def update_state(config, state, all_indices, all_z, targets=None):
   del targets
+  if config.bank_sharded:
+    return sharded_bank.ir_update_state(config, state, all_indices, all_z)
   z = all_z[0] if all_z.shape[0] == 1 else memory.l2_normalize(jnp.mean(all_z, axis=0))
   new = dict(state, bank=memory.bank_update(state["bank"], all_indices, z,
                                             config.bank_momentum))

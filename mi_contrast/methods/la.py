@@ -31,7 +31,8 @@ ONLINE_VIEWS = None
 
 def init_state(rng, config, num_train, variables):
   del variables
-  return {"bank": memory.bank_init(rng, num_train, config.embedding_dim),
+  return {"bank": memory.bank_init(rng, num_train, config.embedding_dim,
+                                   dtype=jnp.dtype(config.bank_dtype)),
           "labels": jnp.zeros((config.la.num_clusterings, num_train), jnp.int32)}
 
 

@@ -38,7 +38,8 @@ def init_state(rng, config, num_train, variables):
   copy = lambda tree: jax.tree.map(jnp.array, tree)
   return {"key_params": copy(variables["params"]),
           "key_batch_stats": copy(variables["batch_stats"]),
-          "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)}
+          "queue": queue.astype(jnp.dtype(config.bank_dtype)),
+          "queue_ptr": jnp.zeros((), jnp.int32)}
 
 
 def shuffled_keys(config, model, key_variables, images, rng):

@@ -1,0 +1,126 @@
+"""Multi-process runs: 2 processes x 4 CPU devices compute what 1 process x 8 devices does.
+
+The two runs start together as subprocesses (launch/local_multiprocess.sh for the 2 x 4 run:
+jax.distributed over localhost, gloo collectives, one global mesh, collective checkpoints).
+They agree up to floating-point reduction order: the collectives of the two runtimes sum in
+different orders, and the ring's band draws amplify the last-bit differences over the steps.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mi_contrast import multihost
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.sh")
+SHORT_RING = ["--config=" + os.path.join(REPO, "configs", "ring.py"),
+              "--config.num_epochs=1", "--config.warmup_epochs=0", "--config.probe_epochs=5",
+              "--config.eval_every_steps=1000", "--config.log_every_steps=1"]
+
+
+def _env(**extra):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  env.pop("XLA_FLAGS", None)
+  env.update(extra)
+  return env
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def test_two_processes_of_four_devices_match_one_process_of_eight(tmp_path):
+  multi, single = str(tmp_path / "2x4"), str(tmp_path / "1x8")
+  runs = [
+      subprocess.Popen(["bash", LAUNCHER, "--num_processes=2", "--devices_per_process=4",
+                        f"--python={sys.executable}", "--", *SHORT_RING, f"--workdir={multi}"],
+                       cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+      subprocess.Popen([sys.executable, "-m", "mi_contrast.main", *SHORT_RING,
+                        f"--workdir={single}"], cwd=REPO,
+                       env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
+  ]
+  outputs = [run.communicate(timeout=240)[0].decode(errors="replace") for run in runs]
+  for run, output in zip(runs, outputs):
+    assert run.returncode == 0, output[-3000:]
+  results = [json.load(open(os.path.join(d, "results.json"))) for d in (multi, single)]
+  assert results[0]["num_devices"] == results[1]["num_devices"] == 8
+  assert results[0]["num_processes"] == 2 and results[1]["num_processes"] == 1
+  # The first step is the same computation up to the order of the collectives' sums.
+  first = [_losses(d)[1] for d in (multi, single)]
+  assert first[0] == pytest.approx(first[1], rel=1e-5)
+  assert results[0]["params_l2"] == pytest.approx(results[1]["params_l2"], rel=1e-3)
+  assert abs(results[0]["knn_top1"] - results[1]["knn_top1"]) <= 0.02
+  # Files come from process 0 only: one metrics line per logged step, one checkpoint tree.
+  steps = [r["step"] for r in map(json.loads, open(os.path.join(multi, "metrics.jsonl")))
+           if "loss" in r]
+  assert steps == sorted(set(steps)) and len(steps) == results[0]["steps"]
+
+
+def test_launcher_exits_nonzero_when_a_process_fails(tmp_path):
+  run = subprocess.run(["bash", LAUNCHER, "--num_processes=2", "--devices_per_process=1",
+                        f"--python={sys.executable}", "--", *SHORT_RING,
+                        "--config.global_batch_size=3", f"--workdir={tmp_path}"],
+                       cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+  assert run.returncode != 0
+  assert "global_batch_size" in run.stderr + run.stdout
+
+
+FAKE_MAIN = """#!/bin/bash
+# Stands in for python: '-c' picks the port; otherwise acts as a training process that
+# checkpoints (sleeps) and exits 0 on SIGTERM, or fails when asked to.
+if [[ "$1" == "-c" ]]; then exec "%s" "$@"; fi
+[[ " $* " == *" --fail "* && " $* " == *"--process_id=1"* ]] && exit 3
+trap 'sleep 1; echo "process $$ checkpointed"; exit 0' TERM
+for i in $(seq 1 300); do sleep 0.1; done
+exit 0
+"""
+
+
+def _fake_python(tmp_path):
+  path = tmp_path / "fake_python"
+  path.write_text(FAKE_MAIN % sys.executable)
+  path.chmod(0o755)
+  return str(path)
+
+
+def test_launcher_passes_sigterm_to_every_process_and_waits_for_them(tmp_path):
+  launcher = subprocess.Popen(["bash", LAUNCHER, "--num_processes=3", "--devices_per_process=1",
+                               f"--python={_fake_python(tmp_path)}", "--", "--workdir=x"],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+  time.sleep(2)
+  launcher.send_signal(signal.SIGTERM)
+  output = launcher.communicate(timeout=30)[0]
+  assert launcher.returncode == 0, output
+  assert output.count("checkpointed") == 3
+
+
+def test_launcher_stops_the_others_when_one_process_fails(tmp_path):
+  start = time.time()
+  run = subprocess.run(["bash", LAUNCHER, "--num_processes=3", "--devices_per_process=1",
+                        f"--python={_fake_python(tmp_path)}", "--", "--fail"],
+                       env=_env(), capture_output=True, text=True, timeout=30)
+  assert run.returncode == 3, run.stdout + run.stderr
+  assert "exited with status 3" in run.stderr
+  assert time.time() - start < 20  # the others were stopped, not waited out (30 s)
+
+
+def test_distributed_is_wanted_only_for_several_processes():
+  assert not multihost.wanted("auto", environ={})
+  assert not multihost.wanted("auto", environ={"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"})
+  assert multihost.wanted("auto", environ={"SLURM_NTASKS": "4", "SLURM_JOB_ID": "7"})
+  assert multihost.wanted("auto", environ={"OMPI_COMM_WORLD_SIZE": "2"})
+  assert multihost.wanted("auto", environ={"JAX_COORDINATOR_ADDRESS": "h:1"})
+  assert multihost.wanted("auto", "localhost:1234", 2, 1, environ={})
+  assert multihost.wanted("on", environ={})
+  assert not multihost.wanted("off", "localhost:1234", 2, 1, environ={})
+  with pytest.raises(ValueError, match="--distributed"):
+    multihost.wanted("sometimes", environ={})
