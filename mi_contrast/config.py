@@ -69,7 +69,7 @@ def base_config():
   c.cmc.width = "full"         # full | half: each stream's width relative to config.model's
 
   # Memory bank (method ir): one row per pretraining image.
-  c.bank_dtype = "float32"     # float32 | bfloat16: bank storage (scores are float32 sums)
+  c.bank_dtype = "float32"     # float32 | bfloat16: storage of banks and queues (scores in float32)
   c.bank_sharded = False       # False: every device holds the whole bank. True: each device
                                # holds 1/num_devices of its rows, and each anchor's band and
                                # negatives come from every shard's own rows (candidates = 0)
