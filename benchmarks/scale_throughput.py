@@ -1,6 +1,6 @@
 """Step throughput at accelerator-scale shapes, and the ring's cost against the bank size.
 
-Command:  python benchmarks/scale_throughput.py [--cases steps,bank_sweep] [--quick]
+Command:  python benchmarks/scale_throughput.py [--cases steps,moco_steps,bank_sweep] [--quick]
 Reads:    no dataset (synthetic images and banks, as benchmarks/step_overhead.py).
 Writes:   benchmarks/results/scale_throughput.json
 
@@ -15,7 +15,9 @@ Writes:   benchmarks/results/scale_throughput.json
               rows, dim 128, K = 4,095, band [0.9, 0.99], batch --sweep_batch): forward and
               backward of the InfoNCE loss with respect to the anchors, plus the bank update,
               jitted, one device; exact band and sampled band (65,536 candidates).
-MoCo Ring is not measured: the package has no MoCo method yet.
+  moco_steps  the same for MoCo Ring (configs/moco_ring.py): ResNet-18 at 32 px with a 4,096-key
+              queue, ResNet-50 at 224 px with a 65,536-key queue; the full step includes the
+              key encoder's EMA, its shuffle-BN forward and the queue.
 """
 
 import argparse
@@ -42,13 +44,20 @@ RESULTS = os.path.join(REPO, "benchmarks", "results")
 BANK_SIZES = (50_000, 160_000, 320_000, 640_000, 1_281_167)
 
 
-def step_cases(batch_32, batch_224, reps):
-  cases = {
-      "r18_32px": ("configs/ring.py:cifar10", batch_32, []),
-      "r50_224px": ("configs/ring.py:imagenet2012", batch_224, ["model=resnet50"]),
-      "r50_224px_sampled": ("configs/ring.py:imagenet2012", batch_224,
-                            ["model=resnet50", "candidates=65536"]),
-  }
+def step_cases(batch_32, batch_224, reps, method="ir"):
+  if method == "moco":
+    cases = {
+        "moco_r18_32px": ("configs/moco_ring.py:cifar10", batch_32, []),
+        "moco_r50_224px": ("configs/moco_ring.py:imagenet2012", batch_224,
+                           ["model=resnet50", f"moco.bn_groups={batch_224}"]),
+    }
+  else:
+    cases = {
+        "r18_32px": ("configs/ring.py:cifar10", batch_32, []),
+        "r50_224px": ("configs/ring.py:imagenet2012", batch_224, ["model=resnet50"]),
+        "r50_224px_sampled": ("configs/ring.py:imagenet2012", batch_224,
+                              ["model=resnet50", "candidates=65536"]),
+    }
   out = {}
   for name, (spec, batch, sets) in cases.items():
     config, _ = step_overhead.load_config(spec)
@@ -133,6 +142,8 @@ def main(argv=None):
                         "load_average_before": list(os.getloadavg())}}
   if "steps" in cases:
     result["steps"] = step_cases(args.batch_32px, args.batch_224px, args.reps)
+  if "moco_steps" in cases:
+    result["moco_steps"] = step_cases(args.batch_32px, args.batch_224px, args.reps, "moco")
   if "bank_sweep" in cases:
     result["bank_sweep"] = bank_sweep(args.sweep_batch, args.reps, sizes)
   result["machine"]["load_average_after"] = list(os.getloadavg())

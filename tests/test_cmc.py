@@ -28,11 +28,12 @@ def test_lab_encoder_streams():
   grey = jax.random.uniform(jax.random.PRNGKey(0), (4, 16, 16, 1))
   variables = model.clone(bn_axis_name=None).init(jax.random.PRNGKey(1), grey, train=False)
   assert set(variables["params"]) == {"l", "ab"}
-  h, z = model.clone(bn_axis_name=None).apply(variables, grey, train=False)
+  apply = jax.jit(lambda x: model.clone(bn_axis_name=None).apply(variables, x, train=False))
+  h, z = apply(grey)
   assert h.shape == (4, 2 * 4 * (config.width // 2)) and z.shape == (4, 2, config.embedding_dim)
   # Grey input is false-coloured exactly as the 'digits_cmc' views are.
   coloured = jax.vmap(views.colormap)(grey)
-  h2, z2 = model.clone(bn_axis_name=None).apply(variables, coloured, train=False)
+  h2, z2 = apply(coloured)
   np.testing.assert_allclose(h, h2, atol=1e-5)
   # L and ab really are different inputs: the ab stream sees the colour channels.
   lightness, ab = views.lab_split(coloured)

@@ -18,7 +18,7 @@ def _objective(config, z, band=None):
   mesh = train.make_mesh(jax.devices()[:1])
   band = band or methods.Band(jnp.float32(0.0), jnp.float32(1.0))
   fn = lambda z: methods.get("simclr").objective(config, z, None, {}, None, band, None)
-  return jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)(z)
+  return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False))(z)
 
 
 def test_equals_optax_ntxent():
@@ -60,9 +60,10 @@ def test_loss_decreases_under_a_few_gradient_steps():
   band = methods.Band(jnp.float32(0.3), jnp.float32(0.97))
   w = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 8))
   loss = lambda w: -jnp.mean(_objective(config, memory.l2_normalize(w), band).value)
+  value_and_grad = jax.jit(jax.value_and_grad(loss))
   losses = []
   for _ in range(5):
-    value, grad = jax.value_and_grad(loss)(w)
+    value, grad = value_and_grad(w)
     losses.append(float(value))
     w = w - 0.5 * grad
   assert losses[-1] < losses[0] - 0.1, losses
