@@ -3,14 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
-from jax.sharding import PartitionSpec as P
 
-from mi_contrast import bounds
 from mi_contrast import memory
 from mi_contrast import methods
 from mi_contrast import models
-from mi_contrast import train
 from mi_contrast import views
 from mi_contrast.methods import cmc
 from test_train import _one_step, tiny_config
@@ -90,9 +86,9 @@ def test_update_writes_each_stream_to_its_own_bank():
   np.testing.assert_array_equal(new["bank_l"][0], state["bank_l"][0])
 
 
-@pytest.mark.parametrize("negatives", ["uniform", "ring"])
-def test_one_device_and_eight_devices_agree(negatives):
-  config = _config(negatives)
+def test_one_device_and_eight_devices_agree():
+  # Ring: the band masks on top of everything the uniform step computes.
+  config = _config("ring")
   m1, g1, s1 = _one_step(config, jax.devices()[:1])
   m8, g8, s8 = _one_step(config, jax.devices())
   assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-5)

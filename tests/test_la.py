@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from mi_contrast import bounds
 from mi_contrast import memory

@@ -71,9 +71,9 @@ def test_queue_is_fifo():
     config_lib.validate(_config(num_negatives=100), num_devices=1)
 
 
-@pytest.mark.parametrize("negatives", ["uniform", "ring"])
-def test_one_device_and_eight_devices_agree(negatives):
-  config = _config(negatives)
+def test_one_device_and_eight_devices_agree():
+  # Ring: the band masks on top of everything the uniform step computes.
+  config = _config("ring")
   m1, g1, s1 = _one_step(config, jax.devices()[:1])
   m8, g8, s8 = _one_step(config, jax.devices())
   assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-5)
