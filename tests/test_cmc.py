@@ -9,7 +9,7 @@ from mi_contrast import methods
 from mi_contrast import models
 from mi_contrast import views
 from mi_contrast.methods import cmc
-from test_train import _one_step, tiny_config
+from test_train import assert_devices_agree, tiny_config
 
 
 def _config(negatives="uniform", **overrides):
@@ -89,13 +89,7 @@ def test_update_writes_each_stream_to_its_own_bank():
 def test_one_device_and_eight_devices_agree():
   # Ring: the band masks on top of everything the uniform step computes.
   config = _config("ring")
-  m1, g1, s1 = _one_step(config, jax.devices()[:1])
-  m8, g8, s8 = _one_step(config, jax.devices())
-  assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-5)
-  assert np.isclose(m1["bound_nats"], m8["bound_nats"], rtol=1e-5, atol=1e-5)
-  scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(g1))
-  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)):
-    np.testing.assert_allclose(a, b, atol=2e-4 * scale, rtol=2e-3)
+  s1, s8 = assert_devices_agree(config, bound=True)
   for a, b in zip(jax.tree.leaves(s1.method_state), jax.tree.leaves(s8.method_state)):
     np.testing.assert_allclose(a, b, atol=1e-5)
 

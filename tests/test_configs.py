@@ -69,3 +69,32 @@ def test_short_run_learns_and_reports_truthfully(name, tmp_path):
     assert results["log_k_plus_1"] == pytest.approx(np.log(c.la.background + 1), rel=1e-5)
   else:
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.05, losses
+
+
+@pytest.mark.parametrize("method, negatives, field, value", [
+    ("ir", "ring", "num_views", 9),
+    ("ir", "uniform", "nce_partition", "sometimes"),
+    ("cmc", "uniform", "nce_partition", "first_batch"),
+    ("simclr", "ring", "neighbour_views", True),
+    ("ir", "ring", "neighbour_views_warmup_epochs", -1),
+    ("moco", "uniform", "moco.momentum", 1.0),
+    ("moco", "uniform", "moco.bn_groups", 3),
+    ("la", "uniform", "la.background", 2000),
+    ("la", "uniform", "la.num_clusters", 0),
+    ("la", "uniform", "la.num_clusterings", 0),
+    ("la", "uniform", "la.kmeans_iterations", 0),
+    ("la", "uniform", "la.warmup_epochs", 40),
+    ("la", "ring", "negatives", "ring"),
+    ("cmc", "uniform", "cmc.width", "quarter"),
+])
+def test_bad_method_options_name_the_field(method, negatives, field, value):
+  c = config_lib.default_config()
+  c.method, c.negatives = method, negatives
+  target = c
+  *parents, leaf = field.split(".")
+  for part in parents:
+    target = target[part]
+  target[leaf] = value
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")) as info:
+    config_lib.validate(c, num_devices=1, num_train=1437)
+  assert "allowed" in str(info.value)

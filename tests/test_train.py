@@ -66,6 +66,19 @@ def _one_step(config, devices):
   return jax.device_get(metrics), grads, jax.device_get(new_state)
 
 
+def assert_devices_agree(config, *, bound=False):
+  """One step on 1 and on 8 devices: the same loss (and bound) and gradients; the new states."""
+  m1, g1, s1 = _one_step(config, jax.devices()[:1])
+  m8, g8, s8 = _one_step(config, jax.devices())
+  assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-5)
+  if bound:
+    assert np.isclose(m1["bound_nats"], m8["bound_nats"], rtol=1e-5, atol=1e-5)
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(g1))
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)):
+    np.testing.assert_allclose(a, b, atol=2e-4 * scale, rtol=2e-3)
+  return s1, s8
+
+
 @pytest.mark.parametrize("negatives, overrides", [
     ("uniform", {}), ("ring", {}),
     # The first step of 'first_batch' uses the per-batch estimate and stores it: both paths.
