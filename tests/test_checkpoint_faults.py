@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from mi_contrast import train
-from test_reliability import _checkpoint_steps
-from test_train import tiny_config
+from helpers import checkpoint_steps as _checkpoint_steps
+from helpers import tiny_config
 
 
 def test_truncated_checkpoint_falls_back_to_previous(tmp_path):

@@ -17,7 +17,6 @@ from mi_contrast import input_pipeline
 from mi_contrast import methods
 from mi_contrast import models
 from mi_contrast import train
-from test_export import tiny_run  # noqa: F401  (a session fixture: one tiny run)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -20,7 +20,7 @@ import pytest
 from mi_contrast import export
 from mi_contrast import models
 from mi_contrast import train
-from test_train import tiny_config
+from helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -170,26 +170,6 @@ def test_unknown_format_and_unknown_module():
 # ----------------------------------------------------------------------------------------------
 # The command line on a tiny trained run.
 # ----------------------------------------------------------------------------------------------
-
-
-_TINY_RUN = {}
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-  """A tiny digits run stopped at step 2 of 22, with checkpoints at steps 1 and 2.
-
-  Trained once per test session and shared with test_evaluation_cli.py (which imports this
-  fixture; the cache makes the two fixture definitions one run): training is most of these
-  tests' time.
-  """
-  if not _TINY_RUN:
-    workdir = tmp_path_factory.mktemp("tiny_run")
-    config = tiny_config("uniform", num_epochs=1, probe_epochs=2, checkpoint_every_steps=1)
-    outcome = train.train_and_evaluate(config, str(workdir), stop_after_steps=2)
-    assert outcome.results["steps"] == 2
-    _TINY_RUN["run"] = (workdir, config)
-  return _TINY_RUN["run"]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from mi_contrast import methods
 from mi_contrast import negatives
 from mi_contrast.methods import ir
 from mi_contrast.methods import la
-from test_train import assert_devices_agree, tiny_config
+from helpers import assert_devices_agree, tiny_config
 
 
 def _config(**overrides):
@@ -114,7 +114,7 @@ def test_refit_at_the_first_la_step_and_once_per_epoch():
 def test_one_device_and_eight_devices_agree():
   # The warm-up's branch is IR's objective (tests/test_train.py); this step runs LA's.
   config = _config()
-  s1, s8 = assert_devices_agree(config, bound=True)
+  s1, s8, _ = assert_devices_agree(config, bound=True)
   np.testing.assert_array_equal(s1.method_state["labels"], s8.method_state["labels"])
 
 

@@ -14,7 +14,7 @@ from mi_contrast import methods
 from mi_contrast import models
 from mi_contrast import train
 from mi_contrast.methods import moco
-from test_train import assert_devices_agree, tiny_config
+from helpers import assert_devices_agree, tiny_config
 
 
 def _config(negatives="uniform", **overrides):
@@ -74,7 +74,7 @@ def test_queue_is_fifo():
 def test_one_device_and_eight_devices_agree():
   # Ring: the band masks on top of everything the uniform step computes.
   config = _config("ring")
-  s1, s8 = assert_devices_agree(config)
+  s1, s8, _ = assert_devices_agree(config)
   for a, b in zip(jax.tree.leaves(s1.method_state), jax.tree.leaves(s8.method_state)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 

@@ -10,7 +10,7 @@ from jax.sharding import PartitionSpec as P
 from mi_contrast import methods
 from mi_contrast import memory
 from mi_contrast import train
-from test_train import assert_devices_agree, tiny_config
+from helpers import assert_devices_agree, tiny_config
 
 
 def _objective(config, z, band=None):

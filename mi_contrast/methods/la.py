@@ -86,6 +86,12 @@ def prepare(config, state, ctx):
   return {"warmup": ctx.step < warm}, dict(state, labels=labels)
 
 
+def background_rows(scores, background):
+  """The `background` highest-scoring columns of each row of scores [b, N] (the anchor's
+  background neighbours), int [b, K]; no gradient flows through the choice."""
+  return jax.lax.top_k(jax.lax.stop_gradient(scores), background)[1]
+
+
 def la_objective(pos, scores, rows, labels, background):
   """LA of anchors with scores against the whole bank.
 
@@ -95,7 +101,7 @@ def la_objective(pos, scores, rows, labels, background):
   """
   own = jnp.arange(scores.shape[1])[None, :] == rows[:, None]
   others = jnp.where(own, -jnp.inf, scores)
-  _, near = jax.lax.top_k(jax.lax.stop_gradient(others), background)         # [b, K]
+  near = background_rows(others, background)                                  # [b, K]
   neg = jnp.take_along_axis(scores, near, axis=1)
   close = jnp.any(labels[:, near] == labels[:, rows][:, :, None], axis=0)     # [b, K]
   cap = math.log(background + 1)
