@@ -71,6 +71,7 @@ __all__ = [
     "neighbour_masks",
     "band_thresholds",
     "band_negatives",
+    "uniform_rows",
 ]
 
 _WORD = 32                      # bits per packed mask word, and columns per counting group
@@ -183,7 +184,7 @@ def _search_cuts(x, ranks):
 
   Args:
     x: [N, P] float32 rows (no gradient).
-    ranks: [C] int32, each in [1, P].
+    ranks: [C] or [N, C] int32 (the same cuts for every row, or per row), each in [1, P].
 
   Returns:
     (t, c_ge, c_gt): [N, C] each. ``t`` is a float threshold with ``c_gt = #{x > t} < r <=
@@ -195,13 +196,17 @@ def _search_cuts(x, ranks):
   worst case, and realistic rows need about 5 to 20.
   """
   n, p = x.shape
-  c = ranks.shape[0]
-  r = jnp.broadcast_to(ranks[None, :], (n, c))
+  c = ranks.shape[-1]
+  r = jnp.broadcast_to(ranks if ranks.ndim == 2 else ranks[None, :], (n, c))
   # Moments for the Gaussian model, from a strided subsample (a full pass costs as much as a
   # search step).
+  # Sentinel entries (-inf: an excluded row) stay out of the moments.
   sample = x[:, ::max(1, p // _MOMENT_SAMPLE)]
-  mean = jnp.mean(sample, axis=1, keepdims=True)
-  std = jnp.sqrt(jnp.mean(jnp.square(sample - mean), axis=1, keepdims=True))
+  real = jnp.isfinite(sample)
+  count = jnp.maximum(jnp.sum(real, axis=1, keepdims=True), 1).astype(jnp.float32)
+  mean = jnp.sum(jnp.where(real, sample, 0.0), axis=1, keepdims=True) / count
+  std = jnp.sqrt(jnp.sum(jnp.where(real, jnp.square(sample - mean), 0.0), axis=1,
+                         keepdims=True) / count)
 
   def probit(count):
     # Gaussian score of the fraction of the row below a threshold with `count` entries above.
@@ -294,20 +299,21 @@ def _search_cuts(x, ranks):
 
 
 def _band_cuts(x, start, end):
-  """Thresholds of the cuts at ranks ``start`` and ``end`` of rows x [N, P].
+  """Thresholds of the cuts at ranks ``start`` and ``end`` (scalars, or [N]: per row) of rows
+  x [N, P].
 
   Returns ``(t, need, partial)``, each [N, 2] (cut at ``start``, cut at ``end``): thresholds
   ``t``, the number ``need`` of entries equal to ``t`` inside the cut, and whether that is
   fewer than all of them (a tie at the edge, resolved by index). A cut at rank 0 gets
   ``t = NaN``, which no comparison keeps.
   """
-  p = x.shape[1]
-  ranks = jnp.stack([start, end])
+  n, p = x.shape
+  ranks = jnp.broadcast_to(jnp.stack([start, end], -1), (n, 2))
   t, c_ge, c_gt = _search_cuts(x, jnp.clip(ranks, 1, p))
-  empty = ranks[None, :] <= 0
+  empty = ranks <= 0
   t = jnp.where(empty, jnp.nan, t)
-  partial = (c_ge != ranks[None, :]) & ~empty
-  need = ranks[None, :] - c_gt
+  partial = (c_ge != ranks) & ~empty
+  need = ranks - c_gt
   return t, need, partial
 
 
@@ -373,6 +379,14 @@ def _masks(x, t, need, partial, fn=lambda inner, band: (inner, band)):
   return lax.cond(jnp.any(partial), with_ties, lambda: fn(*_cut_masks(x, t)))
 
 
+def _select(x, start, end, fn=lambda inner, band: (inner, band)):
+  """The band's selection in rows x [N, P] (no gradient): ``fn(inner, band)`` of the masks of
+  ranks ``[0, start)`` and ``[start, end)``. Every band, ball and ring of this module is cut
+  here, so this is the one place that turns scores into a discrete choice of negatives."""
+  t, need, partial = _band_cuts(x, start, end)
+  return _masks(x, t, need, partial, fn)
+
+
 def _rows(sims):
   sims = jnp.asarray(sims)
   lead = sims.shape[:-1]
@@ -384,8 +398,7 @@ def _band_membership(sims, lower, upper):
   """(inner, band) bool masks shaped like ``sims``; shared by the mask functions below."""
   x, lead = _rows(sims)
   start, end = band_bounds(x.shape[1], lower, upper)
-  t, need, partial = _band_cuts(x, start, end)
-  inner, band = _masks(x, t, need, partial)
+  inner, band = _select(x, start, end)
   return inner.reshape(sims.shape), band.reshape(sims.shape)
 
 
@@ -503,9 +516,18 @@ def _draw_from_words(words, u):
   return w * _WORD + _select_bit(word, u - before)
 
 
+def _row_bounds(num_rows, lower, upper):
+  """``band_bounds`` for rows of different sizes: num_rows int [N] -> (start, end) int [N]."""
+  frac = lambda q: 1.0 - jnp.clip(jnp.asarray(q, jnp.float32), 0.0, 1.0)
+  p = num_rows.astype(jnp.float32)
+  tol = 1e-3 + p * 2.0 ** -23
+  count = lambda q: jnp.clip(jnp.floor(frac(q) * p + tol), 0, num_rows).astype(jnp.int32)
+  return count(upper), count(lower)
+
+
 @functools.partial(jax.jit, static_argnames=("num", "candidates"))
 def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candidates=None,
-                   anchor_ids=None):
+                   anchor_ids=None, exclude_rows=None, pool_rows=None):
   """Draws ``num`` negatives per anchor uniformly, with replacement, from its similarity band.
 
   The IR Ring recipe of the reference code (``NCERing``: K - 1 ring members sampled uniformly
@@ -525,6 +547,15 @@ def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candid
       by the whole batch; the band is taken over those M scores (a B x M matrix), so the cost
       does not grow with P.
     anchor_ids: optional int [B] global ids of the anchors (default ``arange(B)``).
+    exclude_rows: optional int [B], the pool row of each anchor's own positive (its memory
+      bank row), or -1 for none. An excluded row is never returned, in the exact and in the
+      sampled form (there every candidate that is a copy of it is dropped), and the band's
+      quantiles are taken over the remaining rows: ``band_bounds`` of P - 1 (exact), or of M
+      minus the copies (sampled). The paper's neighbourhoods are built around the anchor's own
+      row, which is never one of its negatives; without this, a ball's nearest row is the
+      positive itself once training is under way.
+    pool_rows: optional int (may be traced): only the first pool_rows rows of the pool are
+      candidates, the rest is padding that is never returned (a sharded bank's last shard).
 
   Returns:
     (scores [B, num] float32, indices [B, num] int32 into ``pool``). The scores are gathered
@@ -532,7 +563,7 @@ def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candid
     selection itself carries no gradient.
 
   An empty band (possible for tiny pools or ``upper < lower``) is widened to one entry: the
-  entry at rank ``min(start, P' - 1)`` of the P' candidates. Nothing is ever NaN.
+  entry at rank ``min(start, P' - 1)`` of the P' remaining candidates. Nothing is ever NaN.
   """
   anchors = jnp.asarray(anchors)
   pool = lax.stop_gradient(jnp.asarray(pool))
@@ -548,8 +579,22 @@ def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candid
   m = rows.shape[0]
   logits = jnp.dot(anchors, rows.T.astype(anchors.dtype)) / temperature       # [B, M]
 
-  start, end = band_bounds(m, lower, upper)
-  start = jnp.minimum(start, m - 1)
+  x = lax.stop_gradient(logits).astype(jnp.float32)
+  if exclude_rows is None and pool_rows is None:
+    start, end = band_bounds(m, lower, upper)
+    remaining = m
+  else:
+    source = jnp.arange(m, dtype=jnp.int32) if cand is None else cand
+    excluded = jnp.zeros((b, m), bool)
+    if exclude_rows is not None:
+      exclude_rows = jnp.asarray(exclude_rows, jnp.int32)
+      excluded = (source[None, :] == exclude_rows[:, None]) & (exclude_rows[:, None] >= 0)
+    if pool_rows is not None:
+      excluded = excluded | (source >= pool_rows)[None, :]
+    x = jnp.where(excluded, -jnp.inf, x)        # ranks last: outside every band below
+    remaining = m - jnp.sum(excluded, axis=1, dtype=jnp.int32)                     # [B]
+    start, end = _row_bounds(remaining, lower, upper)
+  start = jnp.minimum(start, remaining - 1)
   end = jnp.maximum(end, start + 1)
   size = end - start
 
@@ -559,13 +604,27 @@ def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candid
   # One 32-bit draw per negative, reduced modulo the band size: the bias is below
   # size / 2**32 (3e-5 relative for a 128k band), at half the cost of jax.random.randint.
   bits = jax.vmap(lambda k: jax.random.bits(k, (num,), jnp.uint32))(keys)
-  u = (bits % size.astype(jnp.uint32)).astype(jnp.int32)
+  u = (bits % jnp.reshape(size, (-1, 1)).astype(jnp.uint32)).astype(jnp.int32)
 
-  x = lax.stop_gradient(logits).astype(jnp.float32)
-  t, need, partial = _band_cuts(x, start, end)
-  words = _masks(x, t, need, partial, lambda inner, band: _pack_words(band))
+  words = _select(x, start, end, lambda inner, band: _pack_words(band))
   local = _draw_from_words(words, u)
 
   scores = jnp.take_along_axis(logits, local, axis=1).astype(jnp.float32)
   indices = local if cand is None else cand[local]
   return scores, indices
+
+
+def uniform_rows(rng, anchor_ids, exclude_rows, num_rows, num):
+  """``num`` pool rows per anchor, uniformly with replacement from the ``num_rows`` rows other
+  than its own: int [B, num].
+
+  The uniform counterpart of ``band_negatives`` (IR's and CMC's uniform bank draws). Anchor i
+  draws with ``fold_in(rng, anchor_ids[i])`` (independent of how the batch is split);
+  exclude_rows: int [B], the anchor's own row (never drawn), or -1 to draw from all rows.
+  """
+  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.asarray(anchor_ids))
+  own = jnp.asarray(exclude_rows, jnp.int32)
+  high = jnp.where(own >= 0, num_rows - 1, num_rows)
+  drawn = jax.vmap(lambda key, h: jax.random.randint(key, (num,), 0, h))(keys, high)
+  own = own[:, None]
+  return jnp.where((own >= 0) & (drawn >= own), drawn + 1, drawn)

@@ -356,3 +356,61 @@ def test_band_negatives_with_tied_pool(bank):
   idx = np.asarray(idx)
   assert idx.min() >= 30 and idx.max() < 300
   assert len(np.unique(idx)) > 250
+
+
+@pytest.mark.parametrize("candidates", [None, 8192])
+def test_band_negatives_never_draw_the_anchors_own_row(bank, candidates):
+  """The own row at rank 0 of a ball and inside a ring: never drawn, over 8 x 4,096 draws, and
+  the band is cut over the other rows (numpy reference: the band of the pool without it)."""
+  _, pool = bank
+  own = np.array([3, 70, 500, 901, 1200, 1800, 2500, 2999], np.int32)
+  rng = np.random.default_rng(9)
+  # Anchors next to their own row: rank 0 of every row's similarities.
+  anchors = pool[own] + 0.02 * rng.normal(size=(8, pool.shape[1])).astype(np.float32)
+  anchors /= np.linalg.norm(anchors, axis=1, keepdims=True)
+  sims = anchors @ pool.T
+  assert np.all(np.argmax(sims, axis=1) == own)
+  # A ring whose upper quantile puts the own row inside it for the first half of the anchors:
+  # their own row's similarity is lowered to the band's middle.
+  inside = pool.copy()
+  for b in range(4):
+    order = np.argsort(-sims[b])
+    inside[own[b]] = pool[order[150]]                 # ranks [30, 300) of the ring below
+  num = 4096
+  for name, p, lower, upper in (("ball", pool, 0.9, 1.0), ("ring", inside, 0.9, 0.99)):
+    key = jax.random.PRNGKey(len(name))
+    _, idx = negatives.band_negatives(key, anchors, p, lower, upper, num, temperature=T,
+                                      candidates=candidates, exclude_rows=own)
+    idx = np.asarray(idx)
+    assert not np.any(idx == own[:, None]), name
+    _, with_own = negatives.band_negatives(key, anchors, p, lower, upper, num, temperature=T,
+                                           candidates=candidates)
+    # Without the exclusion the own row is drawn (about num / band size times per anchor):
+    # by every anchor of the ball, by the first four of the ring (the others' lies above it).
+    drawn = np.any(np.asarray(with_own) == own[:, None], axis=1)
+    if candidates is None:
+      assert np.all(drawn if name == "ball" else drawn[:4] & ~drawn[4:]), (name, drawn)
+    elif name == "ball":   # the own row is among the 8,192 candidates of most anchors
+      assert np.mean(drawn) > 0.5, drawn
+    if candidates is None:
+      for b in range(8):
+        others = np.delete(np.arange(p.shape[0]), own[b])
+        mask = np_ring_mask((anchors[b] @ p[others].T)[None], lower, upper)[0]
+        assert set(np.unique(idx[b])) <= set(others[mask]), (name, b)
+        assert len(np.unique(idx[b])) > 0.9 * mask.sum()
+  # -1: nothing excluded, the same draws as without the argument.
+  _, none = negatives.band_negatives(jax.random.PRNGKey(3), anchors, pool, 0.9, 1.0, 64,
+                                     temperature=T, candidates=candidates,
+                                     exclude_rows=np.full(8, -1, np.int32))
+  _, plain = negatives.band_negatives(jax.random.PRNGKey(3), anchors, pool, 0.9, 1.0, 64,
+                                      temperature=T, candidates=candidates)
+  np.testing.assert_array_equal(none, plain)
+
+
+def test_uniform_rows_never_draw_the_own_row_and_cover_the_rest():
+  own = jnp.array([0, 5, 9, -1], jnp.int32)
+  rows = np.asarray(negatives.uniform_rows(jax.random.PRNGKey(0), jnp.arange(4), own, 10, 5000))
+  for b in range(3):
+    counts = np.bincount(rows[b], minlength=10)
+    assert counts[int(own[b])] == 0 and np.all(np.delete(counts, int(own[b])) > 450)
+  assert np.all(np.bincount(rows[3], minlength=10) > 400)     # -1: every row

@@ -19,7 +19,7 @@ from mi_contrast import models
 from mi_contrast import negatives
 from mi_contrast import sharded_bank
 from mi_contrast import train
-from test_train import tiny_config
+from helpers import tiny_config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def test_bfloat16_run_trains_with_finite_loss_and_a_bfloat16_bank_checkpoint(tmp
 # ----------------------------------------------------------------------------------------------
 
 
-def test_sharded_bank_pads_with_mirrors_and_updates_like_the_replicated_bank():
+def test_sharded_bank_places_rows_by_a_fixed_permutation_and_updates_like_the_replicated_bank():
   config = tiny_config("ring")
   _, replicated, _, data = _one_step(config, jax.devices())
   config.bank_sharded = True
@@ -175,15 +175,21 @@ def test_sharded_bank_pads_with_mirrors_and_updates_like_the_replicated_bank():
   n = data.num_train
   bank = sharded.method_state["bank"]
   per_device = sharded_bank.rows_per_shard(n, 8)
-  assert bank.shape == (8 * per_device, config.embedding_dim) and n % 8  # 1438 -> 1440 rows
+  assert bank.shape == (8 * per_device, config.embedding_dim) and n % 8  # 1438 -> 1440 slots
   assert bank.sharding.spec == P("batch")
   assert {s.data.shape[0] for s in bank.addressable_shards} == {per_device}
   assert int(sharded.method_state["rows"]) == n
+  slot = np.asarray(sharded.method_state["slot"])
+  assert sorted(slot) == list(range(n))                        # a permutation of the rows
+  # Rows in dataset order land in every shard alike: each shard holds about N / 8 of the
+  # first half of the dataset (contiguous blocks would put it all in shards 0-3).
+  first_half = np.bincount(slot[:n // 2] // per_device, minlength=8)
+  assert first_half.min() > 0.6 * n / 16 and first_half.max() < 1.4 * n / 16
   bank = np.asarray(bank)
-  # Same embeddings, same update: the real rows equal the replicated bank's after the step,
-  # and the mirror rows equal their source rows.
-  np.testing.assert_allclose(bank[:n], np.asarray(replicated.method_state["bank"]), atol=1e-5)
-  np.testing.assert_array_equal(bank[n:], bank[:8 * per_device - n])
+  # Same embeddings, same update: row i in slot[i] equals the replicated bank's row i after
+  # the step; the padding slots stay zero (never candidates).
+  np.testing.assert_allclose(bank[slot], np.asarray(replicated.method_state["bank"]), atol=1e-5)
+  np.testing.assert_array_equal(bank[n:], 0.0)
   assert np.isfinite(metrics["loss"])
   assert metrics["log_k_plus_1"] == pytest.approx(np.log(config.num_negatives + 1), rel=1e-6)
 
@@ -202,15 +208,19 @@ def test_sharded_bank_objective_scores_each_shard_band():
   indices = np.arange(b, dtype=np.int32) * 7
   band = methods.Band(jnp.float32(0.8), jnp.float32(0.95))
 
-  def objective(z, indices, bank):
-    out = sharded_bank.ir_objective(config, z, indices, {"bank": bank}, jax.random.key(1),
-                                    band)
+  slot = sharded_bank.row_slots(n)
+  state = {"bank": sharded_bank.pad_rows(jnp.asarray(bank), 8, slot),
+           "rows": jnp.int32(n), "slot": jnp.asarray(slot)}
+
+  def objective(z, indices, state):
+    out = sharded_bank.ir_objective(config, z, indices, state, jax.random.key(1), band)
     return out.value, out.bound
 
+  specs = {"bank": P("batch"), "rows": P(), "slot": P()}
   fn = jax.jit(jax.shard_map(objective, mesh=mesh, in_specs=(P(None, "batch"), P("batch"),
-                                                             P("batch")),
+                                                             specs),
                              out_specs=(P("batch"), P("batch")), check_vma=False))
-  value, bound = fn(z, indices, bank)
+  value, bound = fn(z, indices, state)
   value = np.asarray(value)
   assert value.shape == (b,) and np.all(np.isfinite(value))
   # Recompute with the returned value: InfoNCE of (pos, neg) with pos = z . M[i] / tau and neg
@@ -218,14 +228,18 @@ def test_sharded_bank_objective_scores_each_shard_band():
   # any shard's band allows.
   tau = config.temperature
   pos = np.sum(z[0] * bank[indices], axis=1) / tau
-  shards = bank.reshape(8, n // 8, dim)
   lo, hi = np.full(b, np.inf), np.full(b, -np.inf)
-  for shard in shards:
+  for s in range(8):
+    rows = np.flatnonzero(slot // (n // 8) == s)                # the shard's rows
+    shard = bank[rows]
     scores = z[0] @ shard.T / tau
+    own = rows[None, :] == indices[:, None]
+    scores = np.where(own, -np.inf, scores)                     # never its own row
     descending = -np.sort(-scores, axis=1)             # rank 0 = most similar
-    start, end = (int(x) for x in negatives.band_bounds(shard.shape[0], 0.8, 0.95))
-    lo = np.minimum(lo, descending[:, end - 1])
-    hi = np.maximum(hi, descending[:, start])
+    for a in range(b):                                 # the band of the shard's other rows
+      start, end = (int(x) for x in negatives.band_bounds(len(rows) - own[a].sum(), 0.8, 0.95))
+      lo[a] = min(lo[a], descending[a, end - 1])
+      hi[a] = max(hi[a], descending[a, start])
   k = config.num_negatives
   logk1 = np.log(k + 1)
 

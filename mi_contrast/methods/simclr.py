@@ -47,8 +47,9 @@ def objective(config, z, indices, state, rng, band, targets=None):
   if config.negatives == "uniform":
     keep = candidate
   else:
-    # Rank only the V*B - V candidates: self and positives go below every real score.
-    ranked = jnp.where(candidate, jax.lax.stop_gradient(scores), -1e9)
+    # Rank only the V*B - V candidates: self and positives go below every real score (-inf,
+    # which the band search also leaves out of its starting guess).
+    ranked = jnp.where(candidate, jax.lax.stop_gradient(scores), -jnp.inf)
     keep = negatives_lib.ring_mask(ranked, band.lower, band.upper) & candidate
   # Positive p = (view u != v, same image): the other views, in view order.
   others = jnp.stack([jnp.where(jnp.arange(num_views - 1) < v, jnp.arange(num_views - 1),
