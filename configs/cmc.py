@@ -1,5 +1,6 @@
 # CMC: L and ab channels of Lab colour space as two views, an encoder for each, two memory
-# banks, InfoNCE in both directions (L -> ab bank, ab -> L bank) with K uniform negatives.
+# banks, InfoNCE in both directions (L -> ab bank, ab -> L bank) with K uniform negatives. As the
+# reference: the loss is the sum of the two directions (not their mean), bank momentum 0.5.
 # On the grey digits preset the views are false-coloured (views "digits_cmc", views.colormap)
 # so that L and ab both carry the digit; the encoder false-colours grey evaluation images alike.
 #
@@ -20,5 +21,6 @@ def get_config(preset=None):
   c.negatives = "uniform"
   c.bound = "infonce"
   c.cmc.width = "full"
+  c.bank_momentum = 0.5   # the reference's nce_m (HobbitLong/CMC train_CMC.py)
   c.views = "digits_cmc" if c.dataset == "digits" else "cmc"
   return c

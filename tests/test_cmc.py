@@ -9,7 +9,7 @@ from mi_contrast import methods
 from mi_contrast import models
 from mi_contrast import views
 from mi_contrast.methods import cmc
-from test_train import assert_devices_agree, tiny_config
+from helpers import assert_devices_agree, tiny_config
 
 
 def _config(negatives="uniform", **overrides):
@@ -56,18 +56,23 @@ def test_both_directions_are_infonce_against_the_other_bank():
   out = cmc.objective(config, z, indices, state, rng, band)
   assert out.value.shape == (2 * b,)
   np.testing.assert_allclose(out.cap, np.log(k + 1.0), rtol=1e-6)
-  # The uniform draws: K rows per anchor from fold_in(rng, anchor id), ids i (L -> ab) and
-  # N + i (ab -> L).
-  draw = lambda ids: np.asarray(jax.vmap(
-      lambda i: jax.random.randint(jax.random.fold_in(rng, i), (k,), 0, n))(ids))
+  # The uniform draws: K of the other N - 1 rows per anchor from fold_in(rng, anchor id), ids i
+  # (L -> ab) and N + i (ab -> L); the own row i is skipped.
+  def draw(ids):
+    drawn = np.asarray(jax.vmap(
+        lambda i: jax.random.randint(jax.random.fold_in(rng, i), (k,), 0, n - 1))(ids))
+    own = np.asarray(indices)[:, None]
+    return np.where(drawn >= own, drawn + 1, drawn)
   zl, zab = np.asarray(z[0, :, 0]), np.asarray(z[0, :, 1])
   bank_l, bank_ab = np.asarray(state["bank_l"]), np.asarray(state["bank_ab"])
   rows = np.asarray(indices)
   l_to_ab = _numpy_infonce(zl, bank_ab, rows, draw(indices), config.temperature)
   ab_to_l = _numpy_infonce(zab, bank_l, rows, draw(indices + n), config.temperature)
-  np.testing.assert_allclose(out.value, np.concatenate([l_to_ab, ab_to_l]), rtol=1e-4,
+  np.testing.assert_allclose(out.bound, np.concatenate([l_to_ab, ab_to_l]), rtol=1e-4,
                              atol=1e-4)
-  np.testing.assert_allclose(out.bound, out.value)
+  # The loss -mean(value) is the sum of the two directions' losses per image (the reference).
+  np.testing.assert_allclose(out.value, 2 * out.bound, rtol=1e-6)
+  np.testing.assert_allclose(-np.mean(out.value), -np.mean(l_to_ab + ab_to_l), rtol=1e-4)
 
 
 def _dim(config, d):
@@ -89,7 +94,7 @@ def test_update_writes_each_stream_to_its_own_bank():
 def test_one_device_and_eight_devices_agree():
   # Ring: the band masks on top of everything the uniform step computes.
   config = _config("ring")
-  s1, s8 = assert_devices_agree(config, bound=True)
+  s1, s8, _ = assert_devices_agree(config, bound=True)
   for a, b in zip(jax.tree.leaves(s1.method_state), jax.tree.leaves(s8.method_state)):
     np.testing.assert_allclose(a, b, atol=1e-5)
 

@@ -5,10 +5,13 @@ and ab with two encoders: z [1, b, 2, D], z[..., 0, :] = zL, z[..., 1, :] = zab 
 Two memory banks M_L, M_ab (one row per image, no gradient), in both directions:
   L -> ab   value_i = InfoNCE(zL_i . M_ab[i] / tau, zL_i . M_ab[j_k] / tau, k = 1..K)
   ab -> L   value_i = InfoNCE(zab_i . M_L[i] / tau, zab_i . M_L[j_k] / tau, k = 1..K)
-Each direction is an anchor (values [2b]: L -> ab first), so the loss is the mean of the two
-directions (the reference sums them) and the bound is each direction's bound on I(L; ab).
-Negatives j_k: uniform over the other view's bank, or (CMC Ring / Ball) from the anchor's band
-of the other view's bank, selected in each direction. config.bound = 'nce' gives the
+Each direction is an anchor (values [2b]: L -> ab first) whose value is twice its InfoNCE, so
+that the loss, -mean(value), is the SUM of the two directions' losses per image, as the
+reference's L_CMC = L(L -> ab) + L(ab -> L) (HobbitLong/CMC): the same learning rate and weight
+decay then mean what they mean there. The bound is each direction's bound on I(L; ab).
+Negatives j_k != i: uniform over the other view's bank, or (CMC Ring / Ball) from the anchor's
+band of the other view's bank, selected in each direction; row i of the other bank is the
+positive and never a negative. config.bound = 'nce' gives the
 reference's NCE approximation in both directions (Z re-estimated on every batch).
 Bank update: M_L[i] <- normalise(m M_L[i] + (1 - m) zL_i), M_ab likewise.
 """
@@ -43,7 +46,8 @@ def objective(config, z, indices, state, rng, band, targets=None):
                               log_z(z_l, state["bank_ab"]))
   ab_to_l = ir.bank_objective(config, z_ab, indices, indices + num_rows, state["bank_l"], rng,
                               band, log_z(z_ab, state["bank_l"]))
-  return Objective(*(jnp.concatenate([a, b]) for a, b in zip(l_to_ab[:3], ab_to_l[:3])))
+  value, bound, cap = (jnp.concatenate([a, b]) for a, b in zip(l_to_ab[:3], ab_to_l[:3]))
+  return Objective(value=2.0 * value, bound=bound, cap=cap)
 
 
 def update_state(config, state, all_indices, all_z, targets=None):

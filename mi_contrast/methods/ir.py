@@ -10,11 +10,13 @@ averaged over views, and the bank stores the normalised mean of the views). For 
   log Z = log(N mean exp(z.M[j]/tau)) over the global batch and the bank, re-estimated every
   step (config.nce_partition = 'per_batch'; no gradient) or, as the reference, on the first
   batch and then constant ('first_batch'; on digits it diverges, see the README).
-Negatives: 'uniform' draws j_k ~ U{0..N-1}; 'ball' and 'ring' draw K rows uniformly (with
-replacement) from each anchor's similarity band of the bank (IR Ball / IR Ring; the band comes
-from the annealed outer/inner fractions). config.neighbour_views: the ring's inner ball counts as extra positives (an LA-like objective with
-nearest neighbours as close neighbours; see neighbour_view_objective), after
-config.neighbour_views_warmup_epochs of IR Ring. Bank update:
+Negatives: 'uniform' draws j_k uniformly from {0..N-1} minus {i}; 'ball' and 'ring' draw K
+rows uniformly (with replacement) from each anchor's similarity band of the other N - 1 bank
+rows (IR Ball / IR Ring; the band comes from the annealed outer/inner fractions). The anchor's
+own row is its positive and never one of its negatives. config.neighbour_views: the ring's
+inner ball counts as extra positives (an LA-like objective with nearest neighbours as close
+neighbours; see neighbour_view_objective), after config.neighbour_views_warmup_epochs of IR
+Ring. Bank update:
 M[i] <- normalise(m M[i] + (1-m) z_i).
 """
 
@@ -45,17 +47,27 @@ def init_state(rng, config, num_train, variables):
   return state
 
 
-def _mean_exp(z, bank, temperature):
+def _log_mean_exp(z, bank, temperature):
+  """log mean exp(z . M[j] / tau) over the rows of z and every bank row, in log space.
+
+  Scores / tau reach 1 / tau, and exp of that overflows float32 for tau below ~0.0113
+  (1 / tau > 88.7): a logsumexp (max subtracted) stays finite at any temperature."""
   scores = jax.lax.stop_gradient(z) @ jax.lax.stop_gradient(bank).astype(jnp.float32).T
-  return jnp.mean(jnp.exp(scores / temperature))  # scores / tau <= 1 / tau: no overflow
+  scores = scores / temperature
+  return jax.nn.logsumexp(scores) - jnp.log(jnp.float32(scores.size))
 
 
 def partition_estimate(z, bank, temperature):
   """log Z = log(N * mean exp(z . M[j] / tau)) over the global batch's anchors and every bank
   row: the reference's first-batch estimate (Wu et al. 2018). z [n, D]: this device's anchors
-  (inside the sharded step; the mean is a pmean over the axis 'batch')."""
-  mean = jax.lax.pmean(_mean_exp(z, bank, temperature), AXIS)
-  return jnp.log(mean) + jnp.log(jnp.float32(bank.shape[0]))
+  (inside the sharded step; the mean is over the axis 'batch').
+
+  In log space: each device's log mean l_d (a logsumexp), then, every device holding as many
+  anchors, log mean_d exp(l_d) = m + log pmean(exp(l_d - m)) with m = pmax(l_d)."""
+  local = _log_mean_exp(z, bank, temperature)
+  top = jax.lax.pmax(local, AXIS)
+  log_mean = top + jnp.log(jax.lax.pmean(jnp.exp(local - top), AXIS))
+  return log_mean + jnp.log(jnp.float32(bank.shape[0]))
 
 
 def prepare(config, state, ctx):
@@ -98,7 +110,8 @@ def bank_scores(config, z, rows, anchor_ids, bank, rng, band):
 
   rows: [n] each anchor's own bank row (its positive); anchor_ids: [n] ints that key each
   anchor's random negatives. Returns (pos [n], neg [n, K]): K = config.num_negatives rows
-  drawn uniformly from the bank ('uniform') or from the anchor's band ('ball', 'ring').
+  drawn uniformly from the bank ('uniform') or from the anchor's band ('ball', 'ring'); the
+  anchor's own row is never one of them (the band is cut over the other N - 1 rows).
   """
   bank = jax.lax.stop_gradient(bank).astype(jnp.float32)
   num_rows = bank.shape[0]
@@ -106,8 +119,7 @@ def bank_scores(config, z, rows, anchor_ids, bank, rng, band):
   tau = config.temperature
   pos = jnp.sum(z * bank[rows], axis=-1) / tau
   if config.negatives == "uniform":
-    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(anchor_ids)
-    neg_rows = jax.vmap(lambda key: jax.random.randint(key, (k,), 0, num_rows))(keys)
+    neg_rows = negatives_lib.uniform_rows(rng, anchor_ids, rows, num_rows, k)
     # Scores against the whole bank, then gathered: the backward is one dense matmul instead
     # of a [B, K, D] gather of bank rows.
     scores = z @ bank.T / tau
@@ -115,7 +127,7 @@ def bank_scores(config, z, rows, anchor_ids, bank, rng, band):
   else:
     neg, _ = negatives_lib.band_negatives(
         rng, z, bank, band.lower, band.upper, k, temperature=tau,
-        candidates=config.candidates or None, anchor_ids=anchor_ids)
+        candidates=config.candidates or None, anchor_ids=anchor_ids, exclude_rows=rows)
   return pos, neg
 
 
@@ -163,7 +175,7 @@ def update_state(config, state, all_indices, all_z, targets=None):
   new = dict(state, bank=memory.bank_update(state["bank"], all_indices, z,
                                             config.bank_momentum))
   if "log_z" in state:  # the first step's estimate, from the bank before its update
-    mean = _mean_exp(all_z.reshape(-1, all_z.shape[-1]), state["bank"], config.temperature)
-    first = jnp.log(mean) + jnp.log(jnp.float32(state["bank"].shape[0]))
+    first = (_log_mean_exp(all_z.reshape(-1, all_z.shape[-1]), state["bank"],
+                           config.temperature) + jnp.log(jnp.float32(state["bank"].shape[0])))
     new["log_z"] = jnp.where(jnp.isnan(state["log_z"]), first, state["log_z"])
   return new
