@@ -3,7 +3,7 @@
 The two runs start together as subprocesses (launch/local_multiprocess.sh for the 2 x 4 run:
 jax.distributed over localhost, gloo collectives, one global mesh, collective checkpoints).
 They agree up to floating-point reduction order: the collectives of the two runtimes sum in
-different orders, and the ring's band draws amplify the last-bit differences over the steps.
+different orders.
 """
 
 import json
@@ -16,16 +16,35 @@ import time
 import pytest
 
 from mi_contrast import multihost
+from helpers import no_tensorflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.sh")
-SHORT_RING = ["--config=" + os.path.join(REPO, "configs", "ring.py"),
-              "--config.num_epochs=1", "--config.warmup_epochs=0", "--config.probe_epochs=5",
-              "--config.eval_every_steps=1000", "--config.log_every_steps=1"]
+# A tiny IR run pinned here, so that recipe changes to configs/ do not move this test's runtime
+# or its tolerances. Uniform negatives: the comparison is of the multi-process machinery
+# (collectives across processes, per-process data, collective checkpoints, files from process
+# 0), which a ring would blur by its selection flips (tests/helpers.py explains them; the
+# 1-vs-8 tests cover every band method).
+PINNED = """
+from mi_contrast import config
 
 
-def _env(**extra):
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+def get_config(preset=None):
+  c = config.default_config()
+  c.method, c.negatives, c.bound = "ir", "uniform", "infonce"
+  c.model, c.width, c.head_hidden, c.embedding_dim = "resnet_digits", 8, 32, 16
+  c.image_size, c.views, c.temperature = 16, "digits", 0.07
+  c.num_negatives, c.global_batch_size, c.num_epochs = 64, 256, 1    # 5 steps
+  c.learning_rate, c.lr_schedule, c.warmup_epochs = 0.02, "constant", 0
+  c.probe_epochs, c.eval_every_steps, c.log_every_steps = 2, 1000, 1
+  c.checkpoint_every_steps = 3
+  return c
+"""
+
+
+def _env(blocker=None, **extra):
+  path = os.pathsep.join([blocker, REPO] if blocker else [REPO])
+  env = dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
   env.pop("XLA_FLAGS", None)
   env.update(extra)
   return env
@@ -37,14 +56,19 @@ def _losses(workdir):
 
 
 def test_two_processes_of_four_devices_match_one_process_of_eight(tmp_path):
+  config = tmp_path / "pinned.py"
+  config.write_text(PINNED)
+  flags = [f"--config={config}"]
   multi, single = str(tmp_path / "2x4"), str(tmp_path / "1x8")
+  blocker = no_tensorflow(tmp_path)  # no TensorBoard: each process starts 4-5 s sooner
   runs = [
       subprocess.Popen(["bash", LAUNCHER, "--num_processes=2", "--devices_per_process=4",
-                        f"--python={sys.executable}", "--", *SHORT_RING, f"--workdir={multi}"],
-                       cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
-      subprocess.Popen([sys.executable, "-m", "mi_contrast.main", *SHORT_RING,
+                        f"--python={sys.executable}", "--", *flags, f"--workdir={multi}"],
+                       cwd=REPO, env=_env(blocker), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT),
+      subprocess.Popen([sys.executable, "-m", "mi_contrast.main", *flags,
                         f"--workdir={single}"], cwd=REPO,
-                       env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                       env=_env(blocker, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
   ]
   outputs = [run.communicate(timeout=240)[0].decode(errors="replace") for run in runs]
@@ -53,21 +77,32 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(tmp_path):
   results = [json.load(open(os.path.join(d, "results.json"))) for d in (multi, single)]
   assert results[0]["num_devices"] == results[1]["num_devices"] == 8
   assert results[0]["num_processes"] == 2 and results[1]["num_processes"] == 1
-  # The first step is the same computation up to the order of the collectives' sums.
-  first = [_losses(d)[1] for d in (multi, single)]
-  assert first[0] == pytest.approx(first[1], rel=1e-5)
-  assert results[0]["params_l2"] == pytest.approx(results[1]["params_l2"], rel=1e-3)
-  assert abs(results[0]["knn_top1"] - results[1]["knn_top1"]) <= 0.02
+  assert results[0]["steps"] == results[1]["steps"] == 1438 // 256
+  # The same computation up to the order of the collectives' sums. Measured (2-core AMD EPYC):
+  # the losses of steps 1 and 2 agree to 1.6e-7 relative and params_l2 after the 5 steps to
+  # 7.7e-7; tolerances 1e-5 and 2e-5. The later losses are not compared: this tiny untrained
+  # network maps the images to nearly the same features, the head's BatchNorm divides by
+  # their tiny spread, and that amplifies rounding about 100-fold per step (steps 3 to 5
+  # differed by up to 7e-4 relative, and so did 1 and 8 devices in one process, with views or
+  # without), while the parameters, averaged over the whole batch, stay within 1e-6.
+  losses = [_losses(d) for d in (multi, single)]
+  assert sorted(losses[0]) == sorted(losses[1]) == [1, 2, 3, 4, 5]
+  for step in (1, 2):
+    assert losses[0][step] == pytest.approx(losses[1][step], rel=1e-5), step
+  assert results[0]["params_l2"] == pytest.approx(results[1]["params_l2"], rel=2e-5)
   # Files come from process 0 only: one metrics line per logged step, one checkpoint tree.
   steps = [r["step"] for r in map(json.loads, open(os.path.join(multi, "metrics.jsonl")))
            if "loss" in r]
   assert steps == sorted(set(steps)) and len(steps) == results[0]["steps"]
+  assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["3", "5"]
 
 
 def test_launcher_exits_nonzero_when_a_process_fails(tmp_path):
+  config = tmp_path / "pinned.py"
+  config.write_text(PINNED)
   run = subprocess.run(["bash", LAUNCHER, "--num_processes=2", "--devices_per_process=1",
-                        f"--python={sys.executable}", "--", *SHORT_RING,
-                        "--config.global_batch_size=3", f"--workdir={tmp_path}"],
+                        f"--python={sys.executable}", "--", f"--config={config}",
+                        "--config.global_batch_size=3", f"--workdir={tmp_path / 'run'}"],
                        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
   assert run.returncode != 0
   assert "global_batch_size" in run.stderr + run.stdout
