@@ -51,9 +51,9 @@ from mi_contrast import train  # noqa: E402
 
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 # Memory-bank rows (pretraining images) and image shape of each preset, without reading it.
-PRESET_ROWS = {"digits": 1438, "cifar10": 50_000, "cifar100": 50_000, "stl10": 5_000,
-               "imagenet2012": 1_281_167}
-CHANNELS = {"digits": 1}
+PRESET_ROWS = {"digits": 1438, "fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000,
+               "stl10": 5_000, "imagenet2012": 1_281_167}
+CHANNELS = {"digits": 1, "fashion_mnist": 1}
 
 
 def load_config(spec):

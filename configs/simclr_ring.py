@@ -22,5 +22,6 @@ def get_config(preset=None):
   c.ring.outer = 0.5
   c.ring.inner = 0.1
   if c.dataset != "digits":
-    c.views = "simclr"
+    # Grey Fashion-MNIST keeps its own views (no colour jitter on one channel).
+    c.views = "fashion_mnist" if c.dataset == "fashion_mnist" else "simclr"
   return c

@@ -8,7 +8,7 @@ import ml_collections
 
 from mi_contrast import negatives
 
-PRESETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012")
+PRESETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012", "fashion_mnist")
 
 
 def base_config():
@@ -55,6 +55,9 @@ def base_config():
   c.moco = ml_collections.ConfigDict()
   c.moco.momentum = 0.99       # key encoder EMA xi <- m xi + (1 - m) theta (reference 0.999)
   c.moco.bn_groups = 8         # shuffle-BN groups of the global batch (0: one per device)
+  # (of the keys only: the query encoder's BatchNorm, synchronised, spans the whole global
+  # batch, which holds the other view of every key group's images, so the queries' statistics
+  # are correlated with every key group's; see methods/moco.py's docstring.)
 
   # LA: k-means close neighbours within the background neighbours, warm-started from IR.
   c.la = ml_collections.ConfigDict()
@@ -77,6 +80,7 @@ def base_config():
   # The ring (authors' parameterisation): outer fraction rho_o annealed, inner fraction rho_i.
   c.ring = ml_collections.ConfigDict()
   c.ring.schedule = "linear"   # constant | linear | step | exponential | cosine | adaptive
+  #                              (adaptive: rho_o follows the training loss, adaptive_* below)
   c.ring.outer_start = 1.0     # rho_o at step 0 (easy: almost the whole bank)
   c.ring.outer = 0.1           # rho_o at the end of annealing (hard)
   c.ring.inner = 0.1           # rho_i (constant)
@@ -119,6 +123,40 @@ def apply_preset(c, preset):
                      f"{', '.join(PRESETS)} (e.g. --config=configs/ring.py:cifar10).")
   c.dataset = preset
   if preset == "digits":
+    return c
+  if preset == "fashion_mnist":
+    # Zalando's Fashion-MNIST, 60,000 train / 10,000 test 28x28 grey images, 10 classes
+    # (input_pipeline.load_fashion_mnist); 60,000 // 256 = 234 steps per epoch. A recipe for
+    # a 2-core CPU with the small digits ResNet: a first choice, to be tuned later (epochs,
+    # learning rate, crop scale). Full-size settings for an accelerator, as the CIFAR presets:
+    #   model = "resnet18", stem = "cifar", head_hidden = 512, num_epochs = 200,
+    #   learning_rate = 0.03, weight_decay = 1e-4, lr_schedule = "step", warmup_epochs = 0,
+    #   moco.momentum = 0.999, la.warmup_epochs = 10,
+    #   eval_every_steps = checkpoint_every_steps = 2340 (10 epochs).
+    c.image_size = 28            # native size: the uint8 images go to the device unresized
+    c.model = "resnet_digits"    # three basic blocks, widths 32 / 64 / 128
+    c.stem = "cifar"
+    c.width = 32
+    c.head_hidden = 256
+    c.views = "fashion_mnist"
+    c.num_negatives = 4095
+    c.global_batch_size = 256
+    c.num_epochs = 20            # CPU recipe, to be tuned: 4,680 steps
+    c.learning_rate = 0.03
+    c.weight_decay = 5e-4
+    c.lr_schedule = "cosine"
+    c.warmup_epochs = 1
+    c.knn_k = 200
+    c.eval_every_steps = 1170    # every 5 epochs (kNN over the 60,000-row train split)
+    c.log_every_steps = 39       # 6 times per epoch
+    c.checkpoint_every_steps = 234  # every epoch
+    c.keep_checkpoints = 3
+    c.probe_epochs = 100
+    c.probe_learning_rate = 0.01
+    c.probe_weight_decay = 1e-5
+    c.la.background = 4096
+    c.la.num_clusters = 1000
+    c.la.warmup_epochs = 5
     return c
   # Reference hyper-parameters for CIFAR / STL (method-spec.md section 7).
   c.model = "resnet18"

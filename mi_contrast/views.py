@@ -593,6 +593,14 @@ RECIPES: dict[str, list] = {
         _HFLIP,
         ('colormap', {}, 1.0),
     ],
+    # 28x28 grey Fashion-MNIST: no colour ops (one channel). Garments fill most of the frame
+    # and are left-right symmetric, so a milder crop than IR's and the flip; the crop scale is
+    # a first choice, to be tuned with the CPU recipe.
+    'fashion_mnist': [
+        ('random_resized_crop', {'scale': (0.3, 1.0), 'ratio': (3.0 / 4.0, 4.0 / 3.0)}, 1.0),
+        _HFLIP,
+        ('random_intensity', {'brightness': 0.4, 'contrast': 0.4}, 0.8),
+    ],
     # Single-op digits recipes for the augmentation lesion (experiments/augmentation_lesion.py).
     'digits_crop': [
         ('random_resized_crop', {'scale': (0.5, 1.0), 'ratio': (3.0 / 4.0, 4.0 / 3.0)}, 1.0),
