@@ -6,6 +6,9 @@ Protocols (method-spec.md section 6):
 - Linear probe: frozen backbone features h, standardised with the training statistics, a
   linear softmax classifier trained by SGD with momentum and weight decay (reference: lr 0.01,
   momentum 0.9, wd 1e-5, 100 epochs, batch 256); top-1 (and top-5) accuracy on the test split.
+- Few-shot linear probes: the same kind of classifier trained on n labelled training images per
+  class (n = 1, 5, 10), each n over 5 fixed draws of those images (`fewshot_indices`, the same
+  draws for every network), mean and std of the test top-1 accuracy (`fewshot_probe`).
 """
 
 import functools
@@ -183,6 +186,222 @@ def _fit_probe(tx, params, x, y, rng, epochs, steps_per_epoch, batch_size):
   carry = (params, tx.init(params))
   (params, _), _ = jax.lax.scan(epoch, carry, jax.random.split(rng, epochs))
   return params["w"], params["b"]
+
+
+FEWSHOT_SHOTS = (1, 5, 10)
+FEWSHOT_DRAWS = 5
+FEWSHOT_WEIGHT_DECAY = 0.1
+FEWSHOT_MAX_STEPS = 5000
+_FEWSHOT_E_FOLDS = 16  # Nesterov steps per sqrt(condition number): the gap shrinks by e^-16
+
+
+def fewshot_indices(labels, shots, num_draws, seed=0):
+  """The labelled training rows of few-shot probes: `shots` rows of every class, per draw.
+
+  Draw d takes, for every class in increasing label order, `shots` distinct rows of that class
+  with numpy.random.RandomState(seed + 1000 * shots + d) (`choice` without replacement, one
+  call per class in that order). The draws are thus a pure function of (labels, shots, d, seed):
+  the same for any features of the same split, and reproducible.
+
+  Args:
+    labels: [N] integer class labels of the training split.
+    shots: images per class (n >= 1).
+    num_draws: number of draws (at most 1000, so that no two (shots, draw) share a seed).
+    seed: integer base seed.
+  Returns:
+    A list of `num_draws` int64 arrays of shots * num_classes row indices into `labels`,
+    class-major (the rows of the smallest label first).
+  Raises:
+    ValueError: a class has fewer than `shots` rows, or the arguments are out of range.
+  """
+  labels = np.asarray(labels).reshape(-1)
+  shots, num_draws, seed = int(shots), int(num_draws), int(seed)
+  if shots < 1 or not 0 <= num_draws <= 1000:
+    raise ValueError(f"fewshot_indices: need shots >= 1 and 0 <= num_draws <= 1000, got "
+                     f"shots={shots}, num_draws={num_draws}.")
+  classes = np.unique(labels)
+  rows = [np.flatnonzero(labels == c) for c in classes]
+  small = [(int(c), len(r)) for c, r in zip(classes, rows) if len(r) < shots]
+  if small:
+    raise ValueError(f"fewshot_indices: {shots} shots per class, but these (class, rows) have "
+                     f"fewer: {small}.")
+  draws = []
+  for draw in range(num_draws):
+    rng = np.random.RandomState(seed + 1000 * shots + draw)
+    draws.append(np.concatenate([rng.choice(r, shots, replace=False) for r in rows])
+                 .astype(np.int64))
+  return draws
+
+
+def feature_statistics(features, chunk=8192):
+  """Per-feature mean and std (float64, ddof 0) of [N, ...] features, flattened per row.
+
+  Accumulated over chunks of rows in float64: uint8 pixels are never copied whole to floats.
+  """
+  features = np.asarray(features)
+  features = features.reshape(len(features), -1)
+  total = np.zeros(features.shape[1])
+  squares = np.zeros(features.shape[1])
+  for start in range(0, len(features), chunk):
+    block = features[start:start + chunk].astype(np.float64)
+    total += block.sum(0)
+    squares += np.einsum("ij,ij->j", block, block)
+  mean = total / len(features)
+  return mean, np.sqrt(np.maximum(squares / len(features) - mean ** 2, 0.0))
+
+
+def fewshot_probe(train_features, train_labels, test_features, test_labels, *,
+                  shots=FEWSHOT_SHOTS, num_draws=FEWSHOT_DRAWS, seed=0,
+                  weight_decay=FEWSHOT_WEIGHT_DECAY, max_steps=FEWSHOT_MAX_STEPS):
+  """Few-shot linear probes: test top-1 accuracy of a softmax classifier trained on `shots`
+  labelled training rows per class, as mean and std over `num_draws` draws.
+
+  Protocol:
+  - The rows of draw d for n shots are `fewshot_indices(train_labels, n, num_draws, seed)[d]`,
+    the same for any features of the same split.
+  - Features are flattened per row and standardised with the mean and std of the whole
+    training split (label-free statistics, the same for every draw; a constant feature keeps
+    its scale, so its weight stays zero). The statistics of one image per class would be
+    degenerate at n = 1.
+  - The classifier (W, b) minimises the mean softmax cross-entropy over the selected rows plus
+    (weight_decay / 2) * (||W||^2 + ||b||^2): the bias is the weight of a constant feature 1,
+    penalised like the others (as in liblinear), which makes the problem strongly convex. The
+    strength is the same for every n and draw and fixed in advance: nothing is fitted on the
+    test split. This is scikit-learn's LogisticRegression(C=1 / (weight_decay * rows),
+    fit_intercept=False) on the standardised features with a column of ones appended.
+  - Full-batch Nesterov accelerated gradient descent from zero with the step size 1 / L and the
+    momentum of a kappa = L / weight_decay-conditioned problem, L the bound
+    1/2 lambda_max(X'^T X' / rows) + weight_decay on the Hessian (X' = [X, 1]). The objective's
+    gap shrinks at least like (1 - 1 / sqrt(kappa))^steps, and ceil(16 sqrt(kappa)) steps of
+    the worst-conditioned selection are run (at most `max_steps`): a gap below e^-16 of the
+    initial one, i.e. converged (with the default weight decay: ~250 steps for the 64 digits
+    pixels, ~800 for them upsampled to 784). The iterates stay in the span of the selected
+    rows, so they are run there (W = X^T A, b = 1^T A; the same iterates as in the primal): one
+    step costs O(rows^2 * classes), whatever the feature dimension. All shots and draws are
+    padded to one size and solved in one jitted, batched call (compiled once per (shots,
+    draws, classes), whatever the features); the test split's logits are then one matrix
+    product. Cost for 10 classes: ~0.2-0.4 s for 60,000 x 784 uint8 pixels and 10,000 test
+    images on 2 CPU cores (~0.7 s with the compilation); it grows like classes^3 (n = 10 with 100
+    classes is 1,000 rows).
+  - The default weight decay 0.1 (scikit-learn's C = 1 at n = 1 with 10 classes) was chosen on
+    validation rows of the digits training split: accuracy was flat within ~1 point between
+    0.01 and 0.3 for pixels and random ReLU features.
+
+  Args:
+    train_features: [N, ...] training-split features (floats or uint8 pixels).
+    train_labels: [N] integer labels.
+    test_features: [M, ...] test-split features, the same per-row size.
+    test_labels: [M] integer labels.
+    shots: the n of the probes.
+    num_draws: draws per n.
+    seed: base seed of the draws.
+    weight_decay: L2 strength (> 0) on the mean-loss scale.
+    max_steps: at most this many optimisation steps.
+  Returns:
+    {str(n): {'mean': float, 'std': float}} for n in `shots`: test top-1 accuracy (fraction),
+    mean and std (ddof 0) over the draws.
+  """
+  if not weight_decay > 0:
+    raise ValueError(f"fewshot_probe: weight_decay must be > 0, got {weight_decay}.")
+  train_labels = np.asarray(train_labels).reshape(-1)
+  test_labels = np.asarray(test_labels).reshape(-1)
+  train_features = np.asarray(train_features)
+  train_features = train_features.reshape(len(train_features), -1)
+  classes = np.unique(train_labels)
+  num_classes = len(classes)
+  mean, std = feature_statistics(train_features)
+  scale = np.where(std > 1e-8 * max(1.0, float(np.max(std, initial=0.0))), std, 1.0)
+  mean, inv_std = mean.astype(np.float32), (1.0 / scale).astype(np.float32)
+
+  shots = tuple(int(n) for n in shots)
+  selections = [(n, rows) for n in shots
+                for rows in fewshot_indices(train_labels, n, num_draws, seed)]
+  width = max(len(rows) for _, rows in selections)
+  grams = np.zeros((len(selections), width, width), np.float32)
+  onehot = np.zeros((len(selections), width, num_classes), np.float32)
+  weights = np.zeros((len(selections), width), np.float32)
+  lipschitz = np.zeros(len(selections))
+  selected = []
+  for i, (_, rows) in enumerate(selections):
+    x = (train_features[rows].astype(np.float32) - mean) * inv_std
+    selected.append(x)
+    gram = x @ x.T + 1.0
+    grams[i, :len(rows), :len(rows)] = gram
+    onehot[i, np.arange(len(rows)), np.searchsorted(classes, train_labels[rows])] = 1.0
+    weights[i, :len(rows)] = 1.0 / len(rows)
+    # The loss's Hessian is at most 1/2 X'^T X' / rows + weight_decay (X' = [X, 1]).
+    top = np.linalg.eigvalsh(gram.astype(np.float64))[-1]
+    lipschitz[i] = 0.5 * top / len(rows) + weight_decay
+  root_kappa = np.sqrt(lipschitz / weight_decay)
+  steps = min(int(max_steps), int(np.ceil(_FEWSHOT_E_FOLDS * root_kappa.max())))
+  coefficients = jax.device_get(_fit_fewshot(
+      jnp.asarray(grams), jnp.asarray(onehot), jnp.asarray(weights),
+      jnp.asarray(1.0 / lipschitz, jnp.float32),
+      jnp.asarray((root_kappa - 1.0) / (root_kappa + 1.0), jnp.float32),
+      jnp.float32(weight_decay), jnp.int32(steps)))
+
+  # Classifier i on raw test features: logits = ((t - mean) * inv_std) @ W_i + b_i.
+  dim = train_features.shape[1]
+  kernels = np.empty((dim, len(selections) * num_classes), np.float32)
+  offsets = np.empty((len(selections) * num_classes,), np.float32)
+  for i, x in enumerate(selected):
+    a = coefficients[i, :len(x)]
+    w = x.T @ a
+    cols = slice(i * num_classes, (i + 1) * num_classes)
+    kernels[:, cols] = w * inv_std[:, None]
+    offsets[cols] = a.sum(0) - (mean * inv_std) @ w
+  test_x = np.asarray(test_features)
+  test_x = test_x.reshape(len(test_x), -1)
+  correct = np.zeros(len(selections))
+  for start in range(0, len(test_x), 8192):
+    logits = test_x[start:start + 8192].astype(np.float32) @ kernels + offsets
+    predicted = classes[logits.reshape(len(logits), len(selections), num_classes).argmax(-1)]
+    correct += (predicted == test_labels[start:start + 8192, None]).sum(0)
+  accuracy = correct / max(len(test_x), 1)
+  results = {}
+  for n in shots:
+    values = accuracy[[i for i, (m, _) in enumerate(selections) if m == n]]
+    results[str(n)] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+  return results
+
+
+@jax.jit
+def _fit_fewshot(grams, onehot, weights, rates, momenta, weight_decay, steps):
+  """Weighted L2-regularised softmax regressions in the span of their rows, one per leading
+  index, by Nesterov's accelerated gradient for strongly convex functions.
+
+  grams: [B, R, R] X' X'^T (X' = [X, 1]: the bias is the weight of a constant feature);
+  onehot: [B, R, C] targets; weights: [B, R] row weights (rows of weight 0 are padding: their
+  Gram rows and columns must be zero); rates, momenta: [B] step sizes and momenta; steps: a
+  traced int32 scalar (no recompilation for another count).
+  Returns the coefficients A [B, R, C] of the classifiers W' = X'^T A.
+  """
+  rates, momenta = rates[:, None, None], momenta[:, None, None]
+  weights = weights[:, None, :]
+  targets = jnp.swapaxes(onehot, 1, 2)  # classes-major [B, C, R]: faster on the CPU
+
+  def step(_, carry):
+    a, a_prev = carry
+    y = a + momenta * (a - a_prev)
+    logits = jnp.einsum("bcj,bij->bci", y, grams, precision=jax.lax.Precision.HIGHEST)
+    residual = (jax.nn.softmax(logits, axis=1) - targets) * weights
+    return y - rates * (residual + weight_decay * y), a
+
+  a = jnp.zeros(targets.shape)
+  return jnp.swapaxes(jax.lax.fori_loop(0, steps, step, (a, a))[0], 1, 2)
+
+
+def fewshot_table(networks):
+  """{network: fewshot_probe result} -> {str(n): {network: {'mean', 'std'}}}: one row per n.
+
+  A network whose result is None (not computed) is left out.
+  """
+  networks = {name: result for name, result in networks.items() if result is not None}
+  shots = []
+  for result in networks.values():
+    shots += [n for n in result if n not in shots]
+  return {n: {name: dict(result[n]) for name, result in networks.items() if n in result}
+          for n in shots}
 
 
 if __name__ == "__main__":

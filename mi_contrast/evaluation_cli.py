@@ -3,8 +3,10 @@
 Restores the newest checkpoint of <run> (its configuration is <run>/config.json), evaluates the
 network it holds with the protocol of method-spec.md section 6, as the trainer does at the end
 of a run (weighted kNN and 1-NN against the training set's features, the linear probe on frozen
-backbone features), and writes <run>/evaluation.json. A run that is still training or was
-stopped is evaluated at its newest checkpoint; the file says which step that is.
+backbone features; for in-memory data also the weighted kNN on raw pixels and the few-shot
+linear probes of the network, the untrained network and raw pixels), and writes
+<run>/evaluation.json. A run that is still training or was stopped is evaluated at its newest
+checkpoint; the file says which step that is.
 
 `load_run_config` and `restore_run` rebuild a run from its workdir; `mi_contrast.export` uses
 them too.
@@ -126,11 +128,13 @@ def protocol_settings(config, data):
   probe = {k: v for k, v in train.probe_options(config, data).items() if k != "num_classes"}
   probe["momentum"] = inspect.signature(evaluate.linear_probe).parameters["momentum"].default
   probe["features"] = "backbone (pooled h), standardised with the training statistics"
+  streaming = isinstance(data, input_pipeline.StreamingData)
   return {
       "knn_features": config.knn_features,
       "knn_k": min(config.knn_k, data.num_train),
       "knn_temperature": config.knn_temperature,
       "linear_probe": probe,
+      "fewshot": None if streaming else train.fewshot_settings(),
       "num_train": data.num_train,
       "num_test": data.num_test,
       "num_classes": data.num_classes,
@@ -141,9 +145,11 @@ def evaluate_run(workdir):
   """Evaluates the newest checkpoint of `workdir`; writes and returns evaluation.json's dict.
 
   Returns:
-    {'knn_top1', 'nn1_top1', 'linear_top1', 'linear_top5' (fractions in [0, 1]),
-     'checkpoint_step', 'total_steps', 'finished', 'dataset', 'method', 'negatives', 'bound',
-     'model', 'num_devices', 'protocol': {...}}.
+    {'knn_top1', 'nn1_top1', 'linear_top1', 'linear_top5', 'raw_pixels_knn_top1' (fractions in
+     [0, 1]; the last None for streamed data), 'fewshot' (as in results.json:
+     {str(n): {'trained', 'random_init', 'raw_pixels': {'mean', 'std'}}}, None for streamed
+     data), 'checkpoint_step', 'total_steps', 'finished', 'dataset', 'method', 'negatives',
+     'bound', 'model', 'num_devices', 'protocol': {...}}.
   """
   config = load_run_config(workdir)
   data = input_pipeline.load_dataset(config)
@@ -154,9 +160,25 @@ def evaluate_run(workdir):
   state, step = restore_run(workdir, config, model, image_shape)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   numbers = train.probe_model(config, model, variables, data, images, mesh)
+  raw = train.raw_pixel_probes(config, data, images, linear=False)
+  fewshot = None
+  if "fewshot" in numbers:  # in-memory data: the untrained network and raw pixels too
+    method = methods.get(config.method)
+    tx, _ = train.make_optimizer(config, data.num_pretrain)
+    init_vars = train.untrained_variables(config, model, tx, method, data.num_pretrain,
+                                          image_shape)
+    untrained, untrained_test = train.split_features(config, model, init_vars, data, images,
+                                                     mesh)
+    fewshot = evaluate.fewshot_table({
+        "trained": numbers.pop("fewshot"),
+        "random_init": train.fewshot_probe(untrained[0], untrained[2], untrained_test[0],
+                                           untrained_test[2]),
+        "raw_pixels": raw["fewshot"]})
   total = train.total_steps(config, data.num_pretrain)
   evaluation = {
       **{k: float(v) for k, v in numbers.items()},
+      "raw_pixels_knn_top1": raw["knn_top1"],
+      "fewshot": fewshot,
       "checkpoint_step": int(step),
       "total_steps": int(total),
       "finished": bool(step >= total),

@@ -2,7 +2,9 @@
 
 `--config=configs/ring.py:cifar10` picks a dataset preset; `--config.num_epochs=10` overrides
 one field. The run resumes from the workdir's newest checkpoint, and a finished run is not
-trained again. SIGTERM writes a checkpoint at the next step and exits 0.
+trained again: started again, it prints its saved results.json and exits (in seconds), unless
+--reevaluate asks to probe it again. SIGTERM writes a checkpoint at the next step and exits 0.
+A second run on a workdir in use is refused (exit status 1; see mi_contrast/workdir_lock.py).
 
 Several processes (one per host or per GPU; see launch/README.md): every process runs the same
 command, plus --coordinator_address=host:port --num_processes=N --process_id=i, or nothing
@@ -10,6 +12,7 @@ extra under SLURM (srun), Open MPI, or on a TPU pod slice with --distributed=on.
 writes the logs and files; checkpoints are written and restored by all processes together.
 """
 
+import json
 import logging as py_logging
 import os
 import sys
@@ -31,6 +34,10 @@ flags.DEFINE_string("coordinator_address", None,
                     "host:port of process 0's coordinator, for a multi-process run.")
 flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+flags.DEFINE_bool("reevaluate", False,
+                  "A finished run: probe the final network again (kNN, linear, few-shot, "
+                  "untrained network, pixels) and rewrite results.json, instead of printing the "
+                  "saved results.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -53,12 +60,22 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietCheckpointing())
   if not multihost.is_lead():  # process 0 logs the run; the others only warnings and errors
     logging.set_verbosity(logging.WARNING)
-  outcome = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  from mi_contrast import workdir_lock
+  try:
+    outcome = train.train_and_evaluate(FLAGS.config, FLAGS.workdir,
+                                       reevaluate=FLAGS.reevaluate)
+  except workdir_lock.WorkdirLockedError as e:
+    logging.error("%s", e)
+    sys.exit(1)
+  path = os.path.join(FLAGS.workdir, "results.json")
   if outcome.preempted:
     logging.info("Preempted at step %d; run the same command to resume.",
                  outcome.results["steps"])
+  elif outcome.reused and multihost.is_lead():
+    print(json.dumps(outcome.results, indent=2, sort_keys=True))
+    logging.info("Saved results of the finished run: %s (--reevaluate probes again)", path)
   elif multihost.is_lead():
-    logging.info("Results written to %s", os.path.join(FLAGS.workdir, "results.json"))
+    logging.info("Results written to %s", path)
 
 
 if __name__ == "__main__":

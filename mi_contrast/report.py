@@ -6,7 +6,8 @@ config.json, and writes next to them:
   bound.png  the bound in nats against its cap log(K + 1)
   knn.png    weighted kNN and 1-NN top-1 accuracy over training
   band.png   the negatives' similarity band [lower, upper] (quantiles) over training
-  report.md  the final numbers, the plots, the configuration as command-line overrides
+  report.md  the final numbers (with the few-shot probes' table), the plots, the configuration
+             as command-line overrides
 Needs matplotlib (the Agg backend: no display), not TensorFlow.
 """
 
@@ -29,6 +30,7 @@ PLOTS = ("loss.png", "bound.png", "knn.png", "band.png")
 # results.json fields shown in the table, in order: (key, label, kind).
 _RESULT_ROWS = (
     ("knn_top1", "kNN top-1 (weighted)", "accuracy"),
+    ("raw_pixels_knn_top1", "kNN top-1 (weighted) on raw pixels", "accuracy"),
     ("nn1_top1", "1-NN top-1", "accuracy"),
     ("linear_top1", "linear probe top-1", "accuracy"),
     ("linear_top5", "linear probe top-5", "accuracy"),
@@ -50,6 +52,9 @@ _RESULT_ROWS = (
     ("params_sha256", "parameters sha256", "text"),
 )
 _RUN_FIELDS = ("dataset", "method", "negatives", "bound")
+# Columns of the few-shot table: (key of results.json's fewshot[n], header).
+_FEWSHOT_COLUMNS = (("trained", "trained"), ("random_init", "untrained"),
+                    ("raw_pixels", "raw pixels"))
 
 
 def series(records, key):
@@ -156,6 +161,34 @@ def _format(value, kind):
   return f"`{value}`"
 
 
+def _shots_order(n):
+  """Rows in increasing n ('1', '5', '10'), any non-integer key last."""
+  try:
+    return (0, int(n), "")
+  except ValueError:
+    return (1, 0, str(n))
+
+
+def fewshot_lines(fewshot):
+  """The few-shot probes' table (markdown lines): one row per n, mean ± std per network."""
+  if not fewshot:
+    return []
+  lines = ["| images per class | " + " | ".join(h for _, h in _FEWSHOT_COLUMNS) + " |",
+           "| --- |" + " --- |" * len(_FEWSHOT_COLUMNS)]
+  for n in sorted(fewshot, key=_shots_order):
+    cells = []
+    for key, _ in _FEWSHOT_COLUMNS:
+      stats = fewshot[n].get(key)
+      cells.append("-" if stats is None else f"{stats['mean']:.4f} ± {stats['std']:.4f}")
+    lines.append(f"| {n} | " + " | ".join(cells) + " |")
+  return lines + [""]
+
+
+_FEWSHOT_CAPTION = ("Few-shot linear probes: test top-1 of a probe trained on n labelled "
+                    "training images per class, mean ± std over fixed draws (the same images "
+                    "for every network).")
+
+
 def _flag_value(value):
   if isinstance(value, str):
     return shlex.quote(value)
@@ -221,6 +254,8 @@ def render_markdown(workdir, records, results, config, evaluation):
         kind = "integer" if isinstance(value, int) else "number"
         lines.append(f"| {key} | {_format(value, kind)} |")
     lines.append("")
+    if results.get("fewshot"):
+      lines += [_FEWSHOT_CAPTION, ""] + fewshot_lines(results["fewshot"])
     if "bound_nats" in results and "log_k_plus_1" in results:
       gap = results["log_k_plus_1"] - results["bound_nats"]
       lines += [f"The bound ends {gap:.4f} nats below its cap log(K+1) = "
@@ -230,10 +265,12 @@ def render_markdown(workdir, records, results, config, evaluation):
   if evaluation is not None:
     lines += ["## Evaluation of the newest checkpoint (evaluation.json)", "",
               "| metric | value |", "| --- | --- |"]
-    for key in ("knn_top1", "nn1_top1", "linear_top1", "linear_top5"):
+    for key in ("knn_top1", "raw_pixels_knn_top1", "nn1_top1", "linear_top1", "linear_top5"):
       if key in evaluation:
         lines.append(f"| {key} | {_format(evaluation[key], 'accuracy')} |")
     lines += [f"| checkpoint step | {evaluation.get('checkpoint_step', '-')} |", ""]
+    if evaluation.get("fewshot"):
+      lines += [_FEWSHOT_CAPTION, ""] + fewshot_lines(evaluation["fewshot"])
 
   lines += ["## Plots", ""]
   for name, caption in (("loss.png", "Training loss"),
@@ -265,7 +302,7 @@ def write_report(workdir):
   config = _read_json(os.path.join(workdir, "config.json"))
   evaluation = _read_json(os.path.join(workdir, "evaluation.json"))
   path = os.path.join(workdir, "report.md")
-  with open(path, "w") as f:
+  with open(path, "w", encoding="utf-8") as f:
     f.write(render_markdown(workdir, records, results, config, evaluation))
   return path
 

@@ -13,6 +13,7 @@ checkpoint continues exactly, and the device count never changes the math.
 """
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -46,6 +47,7 @@ from mi_contrast import schedules
 from mi_contrast import sharded_bank
 from mi_contrast import views as views_lib
 from mi_contrast import writers
+from mi_contrast import workdir_lock
 
 AXIS = "batch"
 # Every training step of the loop runs under this transfer guard: an implicit transfer between
@@ -392,13 +394,76 @@ def split_features(config, model, variables, data, images, mesh):
 
 
 def probe_model(config, model, variables, data, images, mesh):
-  """kNN / 1-NN and the linear probe (backbone features) of a network."""
+  """kNN / 1-NN, the linear probe and, for in-memory data, the few-shot probes (backbone
+  features) of a network.
+
+  Returns:
+    {'knn_top1', 'nn1_top1', 'linear_top1', 'linear_top5'} (floats) and, unless the data are
+    streamed, 'fewshot': `fewshot_probe`'s {str(n): {'mean', 'std'}}.
+  """
   train, test = split_features(config, model, variables, data, images, mesh)
   results = _knn(config, data.num_classes, train, test)
   probe = evaluate.linear_probe(train[0], train[2], test[0], test[2],
                                 **probe_options(config, data))
   results.update(linear_top1=probe["top1"], linear_top5=probe["top5"])
+  if not isinstance(data, input_pipeline.StreamingData):
+    results["fewshot"] = fewshot_probe(train[0], train[2], test[0], test[2])
   return results
+
+
+# The few-shot draws' seed: fixed, so every network and every run of a dataset is probed on the
+# same labelled images (evaluate.fewshot_indices).
+FEWSHOT_SEED = 0
+
+
+def fewshot_probe(train_x, train_y, test_x, test_y):
+  """evaluate.fewshot_probe with the protocol's settings (n = 1, 5, 10; 5 draws;
+  FEWSHOT_SEED): {str(n): {'mean', 'std'}} test top-1 accuracy."""
+  return evaluate.fewshot_probe(train_x, train_y, test_x, test_y, shots=evaluate.FEWSHOT_SHOTS,
+                                num_draws=evaluate.FEWSHOT_DRAWS, seed=FEWSHOT_SEED)
+
+
+def fewshot_settings():
+  """The few-shot protocol's settings, recorded next to its numbers."""
+  return {"shots": list(evaluate.FEWSHOT_SHOTS), "num_draws": evaluate.FEWSHOT_DRAWS,
+          "seed": FEWSHOT_SEED, "weight_decay": evaluate.FEWSHOT_WEIGHT_DECAY,
+          "features": "standardised with the whole training split's statistics",
+          "networks": ["trained", "random_init", "raw_pixels"]}
+
+
+def untrained_variables(config, model, tx, method, num_rows, image_shape):
+  """{'params', 'batch_stats'} of the network before training, built again from config.seed
+  as `create_train_state` builds them (a run's initial buffers are donated to its first step)."""
+  fresh = create_train_state(config, model, tx, method, num_rows, image_shape)
+  return {"params": fresh.params, "batch_stats": fresh.batch_stats}
+
+
+def raw_pixel_probes(config, data, images, *, linear=True):
+  """The linear probe, the weighted kNN and the few-shot probes on raw pixels.
+
+  In-memory data: the flattened images the encoder sees (`device_images`: resized to
+  config.image_size), with the protocols of the backbone features (kNN on L2-normalised
+  pixels with config.knn_k and config.knn_temperature). Streamed pixels are never all in
+  memory: every value is None. linear=False skips the linear probe ('linear_top1' None).
+  Returns:
+    {'linear_top1': float, 'knn_top1': float, 'fewshot': {str(n): {'mean', 'std'}}}.
+  """
+  if isinstance(data, input_pipeline.StreamingData):
+    return {"linear_top1": None, "knn_top1": None, "fewshot": None}
+  train_x = np.asarray(images["train"])
+  train_x = train_x.reshape(len(train_x), -1)
+  test_x = np.asarray(images["test"])
+  test_x = test_x.reshape(len(test_x), -1)
+  probe = {"top1": None}
+  if linear:
+    probe = evaluate.linear_probe(train_x, data.train_labels, test_x, data.test_labels,
+                                  **probe_options(config, data))
+  knn, _ = evaluate.knn_accuracy(evaluate.normalize(train_x), data.train_labels,
+                                 evaluate.normalize(test_x), data.test_labels, k=config.knn_k,
+                                 temperature=config.knn_temperature,
+                                 num_classes=data.num_classes)
+  return {"linear_top1": probe["top1"], "knn_top1": knn,
+          "fewshot": fewshot_probe(train_x, data.train_labels, test_x, data.test_labels)}
 
 
 def _knn(config, num_classes, train, test):
@@ -510,18 +575,103 @@ def _step_guard():
 class RunOutcome:
   results: dict
   preempted: bool = False
+  reused: bool = False     # a finished run's saved results.json, returned without probing
 
 
-def train_and_evaluate(config, workdir, *, stop_after_steps=None):
+def train_and_evaluate(config, workdir, *, stop_after_steps=None, reevaluate=False):
   """Trains (resuming from `workdir`'s newest checkpoint), evaluates, writes results.json.
+
+  Process 0 holds the workdir's lock (workdir_lock: `<workdir>/run.lock`) for the whole call,
+  so a second run on the same workdir is refused before it writes anything.
+
+  A finished run started again (its newest checkpoint is at the last step) returns the saved
+  results.json without probing, when that file is of the same run: the same steps, the same
+  config (`config_sha256`) and the checkpoint's `params_sha256`. Otherwise, or with
+  `reevaluate`, it probes the final network again and rewrites results.json.
 
   Args:
     config: a ConfigDict from configs/*.py.
     workdir: directory for checkpoints, metrics and results.
     stop_after_steps: stop (with a checkpoint) once this step is reached; for tests of resume.
+    reevaluate: probe a finished run again even if its results.json is up to date.
   Returns:
-    RunOutcome with the results dict (also written to workdir/results.json when finished).
+    RunOutcome with the results dict (also written to workdir/results.json when finished). For
+    saved results (`reused`), 'resumed_from_step' is this call's (the last step).
   """
+  is_lead = multihost.is_lead()
+  if is_lead:
+    os.makedirs(workdir, exist_ok=True)
+  # One process: a SIGTERM outside the loop (loading, compiling, probing) exits through the
+  # lock's release. Several: JAX's preemption service owns SIGTERM.
+  on_sigterm = (workdir_lock.exit_on_sigterm() if jax.process_count() == 1
+                else contextlib.nullcontext())
+  with workdir_lock.held(workdir, enabled=is_lead), on_sigterm:
+    multihost.sync("workdir lock")  # the peers write nothing before process 0 holds the lock
+    return _train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps,
+                               reevaluate=reevaluate)
+
+
+def _config_digest(config):
+  """sha256 of the whole config (sorted JSON): results.json's `config_sha256`."""
+  text = json.dumps(json.loads(config.to_json()), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _saved_results(config, workdir, manager, method, mesh):
+  """A finished run's results.json if it is this run's, else None (then the run probes).
+
+  Cheap, for a finished run started again: no dataset, no network initialisation, no images on
+  the device, no probe. It reads run.json (the memory-bank rows and channel statistics the run
+  was built with) and results.json, and restores the newest checkpoint into an abstract target.
+  It returns the results only if that checkpoint is at the run's last step, results.json has
+  the same steps and the same config digest (config_sha256: probe settings included), and the
+  checkpoint's parameters hash to results.json's params_sha256. Anything else means None:
+  the normal path then restores (damaged checkpoints are handled by `restore_latest`) and
+  probes.
+  """
+  steps = manager.all_steps()
+  results_path = os.path.join(workdir, "results.json")
+  run_path = os.path.join(workdir, "run.json")
+  if not steps or not os.path.exists(results_path) or not os.path.exists(run_path):
+    return None
+  try:
+    with open(results_path) as f:
+      saved = json.load(f)
+    with open(run_path) as f:
+      run = json.load(f)
+    num_rows = int(run["memory_bank_rows"])
+    mean, std = list(run["channel_mean"]), list(run["channel_std"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  num_steps = total_steps(config, num_rows)
+  if (max(steps) != num_steps or not isinstance(saved, dict)
+      or saved.get("steps") != num_steps or saved.get("num_pretrain") != num_rows
+      or saved.get("config_sha256") != _config_digest(config)):
+    return None
+  _check_resume_config(workdir, config, num_rows)
+  model = models.build_encoder(config, mean, std, bn_axis_name=AXIS)
+  tx, _ = make_optimizer(config, num_rows)
+  image_shape = (config.image_size, config.image_size, len(mean))  # as device_images gives
+  abstract = jax.eval_shape(lambda: shard_bank(
+      config, create_train_state(config, model, tx, method, num_rows, image_shape),
+      mesh.devices.size))
+  shardings = _state_dict(state_shardings(config, abstract, mesh))
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        _state_dict(abstract), shardings)
+  try:
+    restored = manager.restore(num_steps, args=ocp.args.StandardRestore(target))
+  except Exception as e:  # left to restore_latest, which reports and handles damage
+    logging.info("finished run: the checkpoint of step %d did not restore here (%s: %s); "
+                 "probing.", num_steps, type(e).__name__, e)
+    return None
+  sha, _ = params_digest(restored["params"])
+  if sha != saved.get("params_sha256"):
+    logging.info("finished run: results.json's params_sha256 is not the checkpoint's; probing.")
+    return None
+  return dict(saved, resumed_from_step=num_steps)
+
+
+def _train_and_evaluate(config, workdir, *, stop_after_steps, reevaluate):
   start_time = time.time()
   mesh = make_mesh()
   num_devices = mesh.devices.size
@@ -529,24 +679,29 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
   method = methods.get(config.method)
   for recipe in view_recipes(config, method):
     views_lib.normalize_recipe(recipe)
+  is_lead = multihost.is_lead()
+  manager = checkpoint_manager(workdir, config)
+  saved = None if reevaluate else _saved_results(config, workdir, manager, method, mesh)
+  if saved is not None:  # a finished run started again: its saved results, not probed again
+    logging.info("The run finished (step %d of %d) and %s is up to date: not probing again "
+                 "(--reevaluate probes again).", saved["steps"], saved["steps"],
+                 os.path.join(workdir, "results.json"))
+    return RunOutcome(saved, reused=True)
   data = input_pipeline.load_dataset(config)
   config_lib.validate(config, num_devices=num_devices, num_train=data.num_pretrain)
-  is_lead = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint_manager(workdir, config)
   if manager.all_steps():
     _check_resume_config(workdir, config, data.num_pretrain)
 
   streaming = isinstance(data, input_pipeline.StreamingData)
-  images, image_shape = device_images(config, data, mesh)
   num_rows = data.num_pretrain  # memory-bank rows: one per pretraining image
   mean, std = data.channel_stats()
   model = models.build_encoder(config, mean, std, bn_axis_name=AXIS)
   tx, _ = make_optimizer(config, num_rows)
+  num_steps = total_steps(config, num_rows)
+  images, image_shape = device_images(config, data, mesh)
   init_state = shard_bank(
       config, create_train_state(config, model, tx, method, num_rows, image_shape), num_devices)
   shardings = state_shardings(config, init_state, mesh)
-  num_steps = total_steps(config, num_rows)
 
   restored = restore_latest(manager, init_state, shardings)
   if restored is None:
@@ -639,15 +794,14 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
 
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   final = probe_model(config, model, variables, data, images, mesh)
-  # The untrained network, built again (the initial buffers were donated to the first step).
-  fresh = create_train_state(config, model, tx, method, num_rows, image_shape)
-  init_vars = {"params": fresh.params, "batch_stats": fresh.batch_stats}
+  init_vars = untrained_variables(config, model, tx, method, num_rows, image_shape)
   random_init = probe_model(config, model, init_vars, data, images, mesh)
-  raw = {"top1": None}  # pixels of streamed data are never all in memory: no pixel probe
+  raw = raw_pixel_probes(config, data, images)  # all None for streamed data
+  fewshot = None  # streamed data: no few-shot probes
   if not streaming:
-    raw = evaluate.linear_probe(np.asarray(images["train"]), data.train_labels,
-                                np.asarray(images["test"]), data.test_labels,
-                                **probe_options(config, data))
+    fewshot = evaluate.fewshot_table({"trained": final["fewshot"],
+                                      "random_init": random_init["fewshot"],
+                                      "raw_pixels": raw["fewshot"]})
   final_band = band_fn(step - 1, state.ring_state)[0]
   sha, l2 = params_digest(state.params)
   if not last_metrics:  # a finished run started again: its last logged training metrics
@@ -663,10 +817,12 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       "nn1_top1": final["nn1_top1"],
       "linear_top1": final["linear_top1"],
       "linear_top5": final["linear_top5"],
-      "raw_pixels_linear_top1": raw["top1"],
+      "raw_pixels_linear_top1": raw["linear_top1"],
+      "raw_pixels_knn_top1": raw["knn_top1"],
       "random_init_knn_top1": random_init["knn_top1"],
       "random_init_nn1_top1": random_init["nn1_top1"],
       "random_init_linear_top1": random_init["linear_top1"],
+      "fewshot": fewshot,
       "bound_nats": last_metrics["bound_nats"],
       "log_k_plus_1": last_metrics["log_k_plus_1"],
       "loss": last_metrics["loss"],
@@ -677,13 +833,14 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None):
       "wall_seconds": time.time() - start_time,
       "params_sha256": sha,
       "params_l2": l2,
+      "config_sha256": _config_digest(config),
       "num_devices": num_devices,
       "num_processes": jax.process_count(),
       "num_train": data.num_train,
       "num_pretrain": num_rows,
       "num_test": data.num_test,
   }
-  writer.write_scalars(step, {k: v for k, v in final.items()})
+  writer.write_scalars(step, {k: v for k, v in final.items() if k != "fewshot"})
   writer.flush()
   if is_lead:
     _write_json(os.path.join(workdir, "results.json"), results)

@@ -8,75 +8,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from mi_contrast import config as config_lib
-from mi_contrast import input_pipeline
 from mi_contrast import methods
-from mi_contrast import models
 from mi_contrast import train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(negatives="ring", **overrides):
-  c = config_lib.default_config()
-  c.negatives = negatives
-  c.width = 8
-  c.head_hidden = 32
-  c.embedding_dim = 16
-  c.num_negatives = 64
-  c.global_batch_size = 64
-  c.num_epochs = 2
-  c.warmup_epochs = 0
-  c.lr_schedule = "constant"
-  c.learning_rate = 0.05
-  c.probe_epochs = 5
-  c.eval_every_steps = 1000
-  c.log_every_steps = 5
-  c.checkpoint_every_steps = 1000
-  for key, value in overrides.items():
-    target = c
-    *parents, leaf = key.split(".")
-    for part in parents:
-      target = target[part]
-    target[leaf] = value
-  return c
-
-
-def _one_step(config, devices):
-  """Loss, gradients and new state after one step on a mesh of `devices`."""
-  mesh = train.make_mesh(devices)
-  replicated = NamedSharding(mesh, P())
-  data = input_pipeline.load_dataset(config)
-  images = input_pipeline.to_device(data.train_images, config.image_size, replicated)
-  mean, std = data.channel_stats()
-  model = models.build_encoder(config, mean, std)
-  method = methods.get(config.method)
-  tx, _ = train.make_optimizer(config, data.num_train)
-  state = train.create_train_state(config, model, tx, method, data.num_train, images.shape[1:])
-  params0 = jax.device_get(state.params)
-  step = train.make_train_step(config, model, tx, method, data.num_train, mesh)
-  new_state, metrics = step(jax.device_put(state, replicated), images)
-  new_params = jax.device_get(new_state.params)
-  # First SGD step with a zero momentum trace: p1 = p0 - lr * (g + wd * p0).
-  lr, wd = config.learning_rate, config.weight_decay
-  grads = jax.tree.map(lambda a, b: (a - b) / lr - wd * a, params0, new_params)
-  return jax.device_get(metrics), grads, jax.device_get(new_state)
-
-
-def assert_devices_agree(config, *, bound=False):
-  """One step on 1 and on 8 devices: the same loss (and bound) and gradients; the new states."""
-  m1, g1, s1 = _one_step(config, jax.devices()[:1])
-  m8, g8, s8 = _one_step(config, jax.devices())
-  assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-5)
-  if bound:
-    assert np.isclose(m1["bound_nats"], m8["bound_nats"], rtol=1e-5, atol=1e-5)
-  scale = max(float(np.max(np.abs(g))) for g in jax.tree.leaves(g1))
-  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8)):
-    np.testing.assert_allclose(a, b, atol=2e-4 * scale, rtol=2e-3)
-  return s1, s8
+import helpers
+from helpers import REPO, assert_devices_agree, tiny_config
 
 
 @pytest.mark.parametrize("negatives, overrides", [
@@ -86,15 +23,7 @@ def assert_devices_agree(config, *, bound=False):
 def test_one_device_and_eight_devices_agree(negatives, overrides):
   assert jax.device_count() == 8
   config = tiny_config(negatives, **overrides)
-  m1, g1, s1 = _one_step(config, jax.devices()[:1])
-  m8, g8, s8 = _one_step(config, jax.devices())
-  assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=1e-5)
-  assert np.isclose(m1["bound_nats"], m8["bound_nats"], rtol=1e-5, atol=1e-5)
-  flat1, flat8 = jax.tree.leaves(g1), jax.tree.leaves(g8)
-  scale = max(float(np.max(np.abs(g))) for g in flat1)
-  assert scale > 0
-  for a, b in zip(flat1, flat8):
-    np.testing.assert_allclose(a, b, atol=2e-4 * scale, rtol=2e-3)
+  s1, s8, _ = assert_devices_agree(config, bound=True)
   np.testing.assert_allclose(s1.method_state["bank"], s8.method_state["bank"], atol=1e-5)
   for a, b in zip(jax.tree.leaves(s1.batch_stats), jax.tree.leaves(s8.batch_stats)):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
@@ -114,10 +43,17 @@ def test_bound_below_cap_and_band_annealed(tmp_path):
   for key in ("method", "negatives", "bound", "knn_top1", "nn1_top1", "linear_top1",
               "raw_pixels_linear_top1", "random_init_knn_top1", "random_init_linear_top1",
               "bound_nats", "log_k_plus_1", "band_start", "band_end", "steps",
-              "resumed_from_step", "wall_seconds", "params_sha256", "params_l2"):
+              "resumed_from_step", "wall_seconds", "params_sha256", "params_l2",
+              "raw_pixels_knn_top1", "fewshot"):
     assert key in on_disk, key
   assert on_disk["method"] == "ir" and on_disk["negatives"] == "ring"
   assert on_disk["resumed_from_step"] == 0
+  assert 0.0 <= on_disk["raw_pixels_knn_top1"] <= 1.0
+  assert sorted(on_disk["fewshot"], key=int) == ["1", "5", "10"]
+  for row in on_disk["fewshot"].values():
+    assert sorted(row) == ["random_init", "raw_pixels", "trained"]
+    for stats in row.values():
+      assert sorted(stats) == ["mean", "std"] and 0.0 <= stats["mean"] <= 1.0, stats
 
 
 def _records(workdir):
@@ -205,3 +141,26 @@ def test_view_recipes_one_name_or_one_per_view():
     train.view_recipes(tiny_config(views="digits,digits_crop"), method)
   with pytest.raises(ValueError, match="config.views"):
     config_lib.validate(tiny_config(views="digits,"), num_devices=1)
+
+
+def test_a_replayed_selection_is_the_one_the_step_uses_on_1_and_8_devices():
+  """The replay behind assert_devices_agree (tests/helpers.py), checked on every machine: a
+  changed selection (one anchor's last band member swapped for the first row of its inner
+  ball: at step 0 the band and the ball cover the bank) replayed on 1 and on 8 devices gives the same step,
+  and not the recorded one."""
+  config = tiny_config("ring")
+  devices = jax.devices()
+  with helpers.recording(config, 1) as record:
+    recorded = helpers.one_step(config, devices[:1])
+  (x, (inner, band)), = record.rows["band"][(0, 0)]
+  # The draws take the u-th member in index order: dropping the last member and adding the
+  # first ball row shifts every draw between them.
+  member = np.flatnonzero(band)[-1]
+  outside = np.flatnonzero(inner & ~band & np.isfinite(x))[0]
+  band[member], band[outside] = False, True
+  with helpers.replaying(record, config, 1):
+    one = helpers.one_step(config, devices[:1])
+  with helpers.replaying(record, config, len(devices)):
+    eight = helpers.one_step(config, devices)
+  helpers.assert_close_steps(one, eight, bound=True)
+  assert one[0]["loss"] != recorded[0]["loss"]
