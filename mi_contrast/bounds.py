@@ -335,7 +335,8 @@ def interpolated_infonce(pos, neg, alpha, log_baseline=1.0):
   return 1.0 + joint - marginal
 
 
-def neighbour_view_objective(pos, scores, positive_mask, negative_mask):
+def neighbour_view_objective(pos, scores, positive_mask, negative_mask, *,
+                             positives_in_denominator=True):
   """Neighbour views (LA-like): pool entries in ``positive_mask`` count as extra positives.
 
   Formula, per example, with P the extra positives (e.g. the inner ball of the ring,
@@ -344,17 +345,32 @@ def neighbour_view_objective(pos, scores, positive_mask, negative_mask):
       value = logsumexp([pos, scores_P]) - logsumexp([pos, scores_P, scores_S])
 
   the log-probability that the positive set wins against the negatives: Local Aggregation's
-  objective with its close neighbours C_i = {i} u P (Zhuang et al. 2019), and the reference
-  code's ``neighbor_views`` option (Wu et al. 2020). It is <= 0 and not an MI bound by itself:
-  close neighbours act as noisy copies of the anchor, which loosens the bound (Wu et al. 2020,
-  Cor. 5.4.1); report ``infonce`` of the same scores as the bound. With an empty P it equals
+  objective log p(C_i ∩ B_i) / p(B_i) with close neighbours C_i = {i} u P and background
+  B_i = {i} u P u S (Zhuang et al. 2019; the close neighbours lie in the background, so they
+  are in the denominator too). It is <= 0 and not an MI bound by itself: close neighbours act
+  as noisy copies of the anchor, which loosens the bound (Wu et al. 2020, Cor. 5.4.1); report
+  ``infonce`` of the same scores as the bound. With an empty P it equals
   ``infonce(pos, scores, negative_mask) - log(1 + |S|)``.
+
+  This is not the form of the reference code's ``neighbor_views`` option (Wu et al. 2020,
+  ``NCERing`` / ``NCEBall``): there the extra positives are in the numerator only, and the
+  denominator is the positive and the negatives::
+
+      value = logsumexp([pos, scores_P]) - logsumexp([pos, scores_S])
+
+  (``positives_in_denominator=False``). That value is not a log-probability and not <= 0
+  (all scores equal: log(1 + |P|) - log(1 + |S|)); raising an extra positive's score raises it
+  without limit, as no term of the denominator holds that score. (The reference draws K - 1
+  ring entries with replacement for its denominator; here S is whatever ``negative_mask``
+  keeps.)
 
   Args:
     pos: ``[...]`` positive scores.
     scores: ``[..., P]`` scores of the pool.
     positive_mask, negative_mask: bool, broadcastable to ``[..., P]``; entries in neither are
       ignored (masked entries get no gradient). An entry in both counts as a positive.
+    positives_in_denominator: True (default): LA's form above, used by
+      ``methods.ir.neighbour_view_objective``; False: the reference code's form.
 
   Returns:
     ``[...]`` float32 values in nats.
@@ -365,7 +381,9 @@ def neighbour_view_objective(pos, scores, positive_mask, negative_mask):
   negative_mask = jnp.broadcast_to(jnp.asarray(negative_mask, bool), scores.shape)
   column = pos[..., None]
   numerator = jnp.concatenate([column, jnp.where(positive_mask, scores, -jnp.inf)], axis=-1)
-  either = positive_mask | negative_mask
-  denominator = jnp.concatenate([column, jnp.where(either, scores, -jnp.inf)], axis=-1)
+  if positives_in_denominator:
+    kept = positive_mask | negative_mask
+  else:
+    kept = negative_mask & ~positive_mask
+  denominator = jnp.concatenate([column, jnp.where(kept, scores, -jnp.inf)], axis=-1)
   return jax.nn.logsumexp(numerator, axis=-1) - jax.nn.logsumexp(denominator, axis=-1)
-

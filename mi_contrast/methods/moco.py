@@ -15,6 +15,19 @@ collectives: all-gather the key views, take this device's share of the permutati
 G / n_devices groups, all-gather the keys and undo the permutation. The groups do not depend
 on the device count, so one device computes the same keys as eight. The key encoder's running
 statistics are the mean of its groups' (they only matter if the key encoder is evaluated).
+Query BatchNorm: the query encoder is the trained encoder, whose BatchNorm (config.sync_batch_norm,
+default True) takes its statistics over the whole global batch of query views, on any device
+count. That batch holds the other view of every image of every key group, so each key group's
+statistics are correlated with the queries' statistics: a group is 1/G of the query batch (its
+batch mean correlates with the query batch mean as about 1/sqrt(G) for the same views), while
+the reference's per-GPU query BatchNorm shares only about B/G^2 images with a random key group
+(a correlation of about 1/G). Shuffle-BN is meant to stop BatchNorm from marking the positive
+key, the only key of the current batch in each query's comparison (the negatives are the queue's
+older keys), so with global query statistics it does so less than in the reference; with G = 1
+(one key group: the whole batch) both statistics are of the same images, as without shuffling.
+More groups weaken the correlation (1/sqrt(G)). config.sync_batch_norm = False gives the
+reference's per-device query statistics, but then the step depends on the device count (one
+device: the whole batch again). Its effect on the numbers here has not been measured.
 Queue init: random unit rows (reference).
 """
 
