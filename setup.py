@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
 TF_REQUIRES = ["tensorflow-cpu>=2.19,<2.22", "tensorboard>=2.19,<2.22"]
 TEST_REQUIRES = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",
                  "scikit-image>=0.24"] + TF_REQUIRES
+# PyTorch (CPU wheel) for tests/test_torch_export.py and export's .pt/.pth output; never a
+# dependency of the package itself.
+TORCH_REQUIRES = ["torch==2.13.0"]
 
 setup(
     name="mi_contrast",
@@ -34,5 +37,5 @@ setup(
     packages=find_packages(include=["mi_contrast", "mi_contrast.*"]),
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"tf": TF_REQUIRES, "test": TEST_REQUIRES},
+    extras_require={"tf": TF_REQUIRES, "test": TEST_REQUIRES, "torch": TORCH_REQUIRES},
 )

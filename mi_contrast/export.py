@@ -1,16 +1,20 @@
 """Backbone export for PyTorch and Detectron2 users.
 
   python -m mi_contrast.export --workdir=<run> --format=torchvision --output=backbone.pkl
+  python -m mi_contrast.export --workdir=<run> --format=torchvision --output=backbone.pt
   python -m mi_contrast.export --workdir=<run> --format=detectron2 --output=backbone_d2.pkl
 
 Restores the newest checkpoint of <run> and writes its ResNet backbone (no projection head) as a
-pickle (protocol 4) of plain numpy arrays, readable without JAX:
+pickle (protocol 4) of plain numpy arrays, readable without JAX (and without torch):
 
 - torchvision: {name: array} in the state-dict layout of torchvision.models.resnet{18,34,50}
   (conv1.weight, bn1.{weight,bias,running_mean,running_var,num_batches_tracked},
   layerS.B.conv1.weight, layerS.B.bn1.*, ..., layerS.B.downsample.{0,1}.*). Load with
   `model.load_state_dict({k: torch.from_numpy(v) for k, v in d.items()}, strict=False)`: the
-  classifier `fc` is not part of the backbone.
+  classifier `fc` is not part of the backbone (a ResNet without `fc` loads it with strict=True).
+  An output name ending in .pt or .pth writes the same state dict as torch tensors with
+  `torch.save` instead, for `model.load_state_dict(torch.load(path))`; that needs torch
+  installed (pip install -e ".[torch]"), the pickle does not.
 - detectron2: {"model": {name: array}, "__author__": "mi_contrast", "matching_heuristics": True},
   the names Detectron2's ResNet uses (stem.conv1.weight, stem.conv1.norm.*,
   res{S+1}.B.conv{i}.weight, res{S+1}.B.conv{i}.norm.*, res{S+1}.B.shortcut[.norm].*), i.e. what
@@ -25,6 +29,13 @@ bias -> bias, running averages mean -> running_mean, var -> running_var. Stage s
 b of the Flax ResNet (`layer{s}_{b}`) is torchvision's layer{s}.{b} and Detectron2's res{s+1}.{b}.
 A CIFAR stem (3x3 convolution, no max-pool) or a 1-channel stem (digits) is exported as it is:
 Detectron2's stem is a 7x7 convolution over 3 channels, so it would skip such stem weights.
+
+The backbone's input is the normalised image, (x - mean) / std per channel: the encoder
+(models.ContrastiveEncoder) normalises before its ResNet, and that step is not part of the
+exported weights. tests/test_torch_export.py loads the torchvision export with strict=True into
+a torchvision-layout ResNet written in torch (CIFAR and ImageNet stems, basic and bottleneck
+blocks, 1 or 3 input channels) and checks that it computes the same pooled features as the Flax
+backbone in inference mode; Detectron2 itself is not run, only its renaming is tested.
 """
 
 import os
@@ -42,6 +53,7 @@ from mi_contrast import models
 from mi_contrast import train
 
 FORMATS = ("torchvision", "detectron2")
+TORCH_SUFFIXES = (".pt", ".pth")   # torchvision format only: a torch.save state dict
 PICKLE_PROTOCOL = 4
 DETECTRON2_AUTHOR = "mi_contrast"
 
@@ -141,15 +153,47 @@ def _check_output(output, format, overwrite):
   if format == "detectron2" and not output.endswith(".pkl"):
     raise ValueError(f"--output={output}: Detectron2 reads a weights file as a pickle only when "
                      "its name ends in .pkl; name it e.g. backbone_d2.pkl.")
+  if output.endswith(TORCH_SUFFIXES):
+    _import_torch(output)
+
+
+def _import_torch(output):
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError(f"--output={output}: a .pt/.pth file is written with torch.save and needs "
+                     "PyTorch, which is not installed (pip install -e \".[torch]\"). Name the "
+                     "file .pkl for the numpy pickle, which loads without torch.") from e
+  return torch
+
+
+def _write(payload, output):
+  """Writes `payload` atomically: torch.save of torch tensors for .pt/.pth, else a pickle."""
+  parent = os.path.dirname(os.path.abspath(output))
+  os.makedirs(parent, exist_ok=True)
+  tmp = output + ".tmp"
+  if output.endswith(TORCH_SUFFIXES):
+    torch = _import_torch(output)
+    torch.save({name: torch.from_numpy(np.ascontiguousarray(value))
+                for name, value in payload.items()}, tmp)
+  else:
+    with open(tmp, "wb") as f:
+      pickle.dump(payload, f, protocol=PICKLE_PROTOCOL)
+  os.replace(tmp, output)
 
 
 def export_run(workdir, format, output, *, overwrite=False):
   """Exports the backbone of `workdir`'s newest checkpoint to `output`.
 
+  `output` ending in .pt or .pth (torchvision format only) is written with torch.save as a
+  state dict of torch tensors; any other name is the numpy pickle.
+
   Returns:
     {'output', 'format', 'checkpoint_step', 'model', 'stem', 'num_tensors'}.
   Raises:
     FileExistsError: `output` exists and `overwrite` is False (checked before anything loads).
+    ValueError: a .pt/.pth output without torch installed, or for the detectron2 format (also
+      checked before anything loads).
   """
   _check_output(output, format, overwrite)
   config = evaluation_cli.load_run_config(workdir)
@@ -158,8 +202,9 @@ def export_run(workdir, format, output, *, overwrite=False):
                      "an ab stream, params 'l' and 'ab'), and export writes one ResNet. Export "
                      "supports the single-backbone methods (ir, la, moco, simclr).")
   # Mean and std enter the forward pass only, not the parameters: any value restores the same
-  # tree, so the dataset need not be loaded. Digits are grey, the tfds presets RGB.
-  channels = 1 if config.dataset == "digits" else 3
+  # tree, so the dataset need not be loaded. Digits and Fashion-MNIST are grey, the tfds
+  # presets RGB.
+  channels = 1 if config.dataset in ("digits", "fashion_mnist") else 3
   model = models.build_encoder(config, (0.0,) * channels, (1.0,) * channels,
                                bn_axis_name=train.AXIS)
   state, step = evaluation_cli.restore_run(workdir, config, model,
@@ -167,12 +212,7 @@ def export_run(workdir, format, output, *, overwrite=False):
   payload = export_payload(jax.device_get(state.params), jax.device_get(state.batch_stats),
                            format)
   if jax.process_index() == 0:
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = output + ".tmp"
-    with open(tmp, "wb") as f:
-      pickle.dump(payload, f, protocol=PICKLE_PROTOCOL)
-    os.replace(tmp, output)
+    _write(payload, output)
   if format == "detectron2" and (config.stem != "imagenet" or channels != 3):
     logging.warning("This backbone's stem (%s, %d input channel(s)) differs from Detectron2's "
                     "(7x7 convolution over 3 channels, then max-pool): Detectron2 will skip the "
@@ -187,7 +227,9 @@ def export_run(workdir, format, output, *, overwrite=False):
 def define_flags():
   flags.DEFINE_string("workdir", None, "Run directory (holds config.json and checkpoints/).")
   flags.DEFINE_enum("format", None, FORMATS, "Layout and names of the exported weights.")
-  flags.DEFINE_string("output", None, "File to write (a pickle; .pkl for detectron2).")
+  flags.DEFINE_string("output", None, "File to write: a pickle of numpy arrays (.pkl for "
+                      "detectron2), or for torchvision a torch.save state dict if the name ends "
+                      "in .pt or .pth (needs torch).")
   flags.DEFINE_bool("overwrite", False, "Replace --output if it exists.")
   flags.mark_flags_as_required(["workdir", "format", "output"])
 

@@ -12,6 +12,9 @@ function on 1 or 8 devices.
 
 Mixed precision: `dtype=jnp.bfloat16` computes convolutions, dense layers and activations in
 bfloat16 while parameters and BatchNorm statistics stay float32; h and z are returned float32.
+
+Public API (used by mi_contrast.export and tests/test_torch_export.py): `ResNet` with its
+fields stages, bottleneck, width, stem, bn_axis_name (and dtype), and `ARCHITECTURES`.
 """
 
 from typing import Any, Optional, Sequence
@@ -22,7 +25,9 @@ import jax.numpy as jnp
 
 from mi_contrast import views
 
-# (block, stages) per depth, as in He et al. 2016.
+# Public API: config.model name -> (block, stages): block 'basic' or 'bottleneck', stages the
+# number of blocks per stage (He et al. 2016); a ResNet for a name is
+# ResNet(stages, bottleneck=(block == 'bottleneck'), width=..., stem=...).
 ARCHITECTURES = {
     "resnet_digits": ("basic", (1, 1, 1)),
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -60,7 +65,15 @@ class _Block(nn.Module):
 
 
 class ResNet(nn.Module):
-  """ResNet backbone; returns pooled features [B, C_last].
+  """ResNet backbone (public API); returns pooled features [B, C_last].
+
+  `ResNet(stages, bottleneck, width, stem, bn_axis_name)(x, train)` with x [B, H, W, C] the
+  already normalised images (ContrastiveEncoder normalises by mean/std before calling it; this
+  module has no normalisation of its own). Padding is k // 2 on every k x k convolution, the
+  stride of a stage's first block is in its 3x3 convolution (ResNet v1.5, torchvision's layout),
+  a block has a 1x1 projection (downsample_conv/downsample_bn) when its stride or width changes,
+  BatchNorm uses epsilon 1e-5 and momentum 0.9 (PyTorch's momentum 0.1), and the features are
+  the mean over H and W. mi_contrast.export writes these weights under torchvision's names.
 
   Attributes:
     stages: blocks per stage.
