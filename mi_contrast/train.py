@@ -599,16 +599,30 @@ def train_and_evaluate(config, workdir, *, stop_after_steps=None, reevaluate=Fal
     saved results (`reused`), 'resumed_from_step' is this call's (the last step).
   """
   is_lead = multihost.is_lead()
+  created = is_lead and not os.path.exists(workdir)
   if is_lead:
     os.makedirs(workdir, exist_ok=True)
   # One process: a SIGTERM outside the loop (loading, compiling, probing) exits through the
   # lock's release. Several: JAX's preemption service owns SIGTERM.
   on_sigterm = (workdir_lock.exit_on_sigterm() if jax.process_count() == 1
                 else contextlib.nullcontext())
-  with workdir_lock.held(workdir, enabled=is_lead), on_sigterm:
-    multihost.sync("workdir lock")  # the peers write nothing before process 0 holds the lock
-    return _train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps,
-                               reevaluate=reevaluate)
+  try:
+    with workdir_lock.held(workdir, enabled=is_lead), on_sigterm:
+      multihost.sync("workdir lock")  # the peers write nothing before process 0 holds the lock
+      return _train_and_evaluate(config, workdir, stop_after_steps=stop_after_steps,
+                                 reevaluate=reevaluate)
+  finally:
+    if created:  # a run that failed before writing anything leaves no empty workdir behind
+      _remove_if_empty(workdir)
+
+
+def _remove_if_empty(workdir):
+  """Removes `workdir` if it holds nothing but an empty checkpoints/ folder (or nothing)."""
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if os.listdir(workdir) == ["checkpoints"] and not os.listdir(checkpoints):
+    os.rmdir(checkpoints)
+  if not os.listdir(workdir):
+    os.rmdir(workdir)
 
 
 def _config_digest(config):

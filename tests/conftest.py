@@ -8,6 +8,16 @@ flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in flags:
   os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# One persistent XLA compilation cache for the whole session (both workers and every child
+# process the tests start inherit it): the suite compiles the same tiny steps dozens of times,
+# and a cached executable is the same binary (measured: a tiny main run 23 s cold, 8.6 s warm,
+# the same params_sha256). A fresh folder per session, removed at its end.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mi_contrast_jax_cache_")
+  os.environ["MI_CONTRAST_TEST_CACHE_OWNER"] = str(os.getpid())
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 import pytest  # noqa: E402
@@ -25,3 +35,10 @@ def tiny_run(tmp_path_factory):
   outcome = train.train_and_evaluate(config, str(workdir), stop_after_steps=2)
   assert outcome.results["steps"] == 2
   return workdir, config
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if os.environ.get("MI_CONTRAST_TEST_CACHE_OWNER") == str(os.getpid()):
+    import shutil
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

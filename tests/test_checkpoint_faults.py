@@ -1,4 +1,5 @@
-"""Checkpoint faults: damaged and unreadable checkpoints, non-finite loss, bad resumes, user files.
+"""Checkpoints: exact resume, damaged and unreadable checkpoints, non-finite loss, bad resumes,
+user files.
 
 (The kill / preemption tests are in tests/test_reliability.py.)
 """
@@ -14,9 +15,33 @@ from helpers import checkpoint_steps as _checkpoint_steps
 from helpers import tiny_config
 
 
-def test_truncated_checkpoint_falls_back_to_previous(tmp_path):
-  config = tiny_config("ring", checkpoint_every_steps=3, keep_checkpoints=3)
-  whole = train.train_and_evaluate(config, str(tmp_path / "whole")).results
+def _ring_config():
+  return tiny_config("ring", num_epochs=1, checkpoint_every_steps=3, keep_checkpoints=3)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+  """The uninterrupted run that the resumed ones must reproduce bit for bit."""
+  workdir = tmp_path_factory.mktemp("whole")
+  return train.train_and_evaluate(_ring_config(), str(workdir)).results
+
+
+def test_resume_continues_exactly(tmp_path, whole):
+  config = _ring_config()
+  first = train.train_and_evaluate(config, str(tmp_path / "split"), stop_after_steps=5)
+  assert first.results["steps"] == 5
+  rest = train.train_and_evaluate(config, str(tmp_path / "split")).results
+  assert rest["resumed_from_step"] == 5
+  assert rest["params_sha256"] == whole["params_sha256"]
+  assert rest["params_l2"] == whole["params_l2"]
+  # A finished run is not trained again.
+  again = train.train_and_evaluate(config, str(tmp_path / "split")).results
+  assert again["resumed_from_step"] == again["steps"] == whole["steps"]
+  assert again["params_sha256"] == whole["params_sha256"]
+
+
+def test_truncated_checkpoint_falls_back_to_previous(tmp_path, whole):
+  config = _ring_config()
   workdir = str(tmp_path / "damaged")
   train.train_and_evaluate(config, workdir, stop_after_steps=9)
   assert _checkpoint_steps(workdir) == [3, 6, 9]

@@ -414,3 +414,19 @@ def test_uniform_rows_never_draw_the_own_row_and_cover_the_rest():
     counts = np.bincount(rows[b], minlength=10)
     assert counts[int(own[b])] == 0 and np.all(np.delete(counts, int(own[b])) > 450)
   assert np.all(np.bincount(rows[3], minlength=10) > 400)     # -1: every row
+
+
+def test_sentinel_entries_are_ranked_last_and_leave_the_band_of_the_rest_unchanged():
+  """-inf entries (an excluded row, SimCLR's self and positives) rank below every real score;
+  the band search's starting guess ignores them, and the masks are those of the real scores
+  with the sentinels at the end."""
+  rng = np.random.default_rng(3)
+  real = rng.normal(size=(16, 500)).astype(np.float32)
+  sentinel = np.full((16, 12), -np.inf, np.float32)
+  rows = np.concatenate([sentinel[:, :6], real, sentinel[:, 6:]], axis=1)
+  lower, upper = 0.5, 0.95
+  got = np.asarray(negatives.ring_mask(rows, lower, upper))
+  ranks = np.argsort(np.argsort(-rows, axis=1, kind="stable"), axis=1)   # sentinels last
+  start, end = (int(v) for v in negatives.band_bounds(rows.shape[1], lower, upper))
+  np.testing.assert_array_equal(got, (ranks >= start) & (ranks < end))
+  assert not got[:, :6].any() and not got[:, -6:].any()
