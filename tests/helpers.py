@@ -91,8 +91,9 @@ def checkpoint_steps(workdir):
   return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
-def one_step(config, devices):
-  """Metrics, gradients and new state after one step on a mesh of `devices`."""
+def build_step(config, devices, shard=False):
+  """(train state placed on the mesh, the train step, device images, model, data) for one
+  step of `config` on a mesh of `devices`; shard=True splits a sharded bank over them."""
   mesh = train.make_mesh(devices)
   replicated = NamedSharding(mesh, P())
   data = input_pipeline.load_dataset(config)
@@ -102,9 +103,21 @@ def one_step(config, devices):
   method = methods.get(config.method)
   tx, _ = train.make_optimizer(config, data.num_train)
   state = train.create_train_state(config, model, tx, method, data.num_train, images.shape[1:])
+  if not shard:
+    step = train.make_train_step(config, model, tx, method, data.num_train, mesh)
+    return jax.device_put(state, replicated), step, images, model, data
+  state = train.shard_bank(config, state, len(devices))
+  step = train.make_train_step(config, model, tx, method, data.num_train, mesh,
+                               state_spec=train.state_specs(config, state))
+  state = jax.device_put(state, train.state_shardings(config, state, mesh))
+  return state, step, images, model, data
+
+
+def one_step(config, devices):
+  """Metrics, gradients and new state after one step on a mesh of `devices`."""
+  state, step, images, _, _ = build_step(config, devices)
   params0 = jax.device_get(state.params)
-  step = train.make_train_step(config, model, tx, method, data.num_train, mesh)
-  new_state, metrics = step(jax.device_put(state, replicated), images)
+  new_state, metrics = step(state, images)
   new_params = jax.device_get(new_state.params)
   # First SGD step with a zero momentum trace: p1 = p0 - lr * (g + wd * p0).
   lr, wd = config.learning_rate, config.weight_decay

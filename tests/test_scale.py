@@ -9,17 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mi_contrast import config as config_lib
-from mi_contrast import input_pipeline
 from mi_contrast import methods
-from mi_contrast import models
 from mi_contrast import negatives
 from mi_contrast import sharded_bank
 from mi_contrast import train
-from helpers import tiny_config
+from helpers import build_step, tiny_config
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,19 +110,7 @@ def test_transfer_guard_stops_host_values_entering_a_step():
 
 
 def _one_step(config, devices, shard=False):
-  mesh = train.make_mesh(devices)
-  replicated = NamedSharding(mesh, P())
-  data = input_pipeline.load_dataset(config)
-  images = input_pipeline.to_device(data.train_images, config.image_size, replicated)
-  mean, std = data.channel_stats()
-  model = models.build_encoder(config, mean, std)
-  method = methods.get(config.method)
-  tx, _ = train.make_optimizer(config, data.num_train)
-  state = train.create_train_state(config, model, tx, method, data.num_train, images.shape[1:])
-  state = train.shard_bank(config, state, len(devices))
-  step = train.make_train_step(config, model, tx, method, data.num_train, mesh,
-                               state_spec=train.state_specs(config, state))
-  state = jax.device_put(state, train.state_shardings(config, state, mesh))
+  state, step, images, model, data = build_step(config, devices, shard)
   new_state, metrics = step(state, images)
   return jax.device_get(metrics), new_state, model, data
 
