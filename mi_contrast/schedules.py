@@ -12,8 +12,7 @@ than on the step, so it carries a small state instead of being a function of the
     state = schedules.adaptive_init(init=1.0, window=100)       # in the train state
     ...                                                          # inside the jitted step:
     value = state.value                                          # use the current value
-    state = schedules.adaptive_update(state, loss, delta=0.01, lower=0.1, upper=1.0,
-                                      mode="loss")
+    state = schedules.adaptive_update(state, loss, delta=0.01, lower=0.1, upper=1.0)
 
 The state is a pytree of arrays (checkpointable, updated on the device without host sync).
 
@@ -48,10 +47,6 @@ __all__ = [
 ]
 
 KINDS = ("constant", "linear", "step", "exponential", "cosine", "adaptive")
-# The reference's policy also had an accuracy mode, fed once per validation epoch with the kNN
-# accuracy on the validation split. It is not offered: no config of this trainer reached it, and
-# here that split is the test split, so the schedule would be steered by test accuracy.
-ADAPTIVE_MODES = ("loss",)
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -206,7 +201,7 @@ def adaptive_init(init, window) -> AdaptiveState:
       count=jnp.zeros((), jnp.int32))
 
 
-def adaptive_update(state, metric, *, delta, lower, upper, mode="loss") -> AdaptiveState:
+def adaptive_update(state, metric, *, delta, lower, upper) -> AdaptiveState:
   """One update of the adaptive schedule from a newly recorded metric (jittable).
 
   The metric, the training loss, is compared with the mean of the values already in the
@@ -217,21 +212,19 @@ def adaptive_update(state, metric, *, delta, lower, upper, mode="loss") -> Adapt
   "Larger value = easier" matches the ring's outer fraction rho_out (a wider ring). Equal to
   the mean: no change. The first record (empty history) never changes the value. The result
   is clipped to ``[lower, upper]``. This is the rule of the authors' AdaptiveThresholdPolicy
-  on the loss (``adaptive_anneal_on_loss``); its accuracy mode is not offered (see
-  ``ADAPTIVE_MODES``).
+  on the loss (``adaptive_anneal_on_loss``). Its accuracy mode, fed once per validation epoch
+  with the kNN accuracy, is not offered: here that split would be the test split, so the
+  schedule would be steered by test accuracy.
 
   Args:
     state: :class:`AdaptiveState`.
     metric: scalar, the newly recorded metric (python or traced).
     delta: step size (python or traced), >= 0.
     lower, upper: clipping range of the value.
-    mode: ``'loss'``, the only mode (python string, static).
 
   Returns:
     The new :class:`AdaptiveState`.
   """
-  if mode not in ADAPTIVE_MODES:
-    raise ValueError(f"adaptive mode must be one of {ADAPTIVE_MODES}, got {mode!r}")
   metric = jnp.asarray(metric, jnp.float32)
   window = state.history.shape[0]
   recorded = jnp.minimum(state.count, window)

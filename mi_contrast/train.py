@@ -258,7 +258,7 @@ def make_train_step(config, model, tx, method, num_train, mesh, *, streaming=Fal
     if config.ring.schedule == "adaptive":
       ring_state = schedules.adaptive_update(
           ring_state, loss, delta=config.ring.adaptive_delta, lower=config.ring.outer,
-          upper=config.ring.outer_start, mode="loss")
+          upper=config.ring.outer_start)
     metrics = {
         "loss": loss,
         "bound_nats": jax.lax.pmean(jnp.mean(out.bound), AXIS),

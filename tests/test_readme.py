@@ -23,7 +23,7 @@ def test_bounds_snippet_runs(capsys):
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_command():
   blocks = re.findall(r"```bash\n(.*?)```", _readme(), re.S)
   assert "pip install -e ." in blocks[0] and "mi_contrast.main --config=configs/ring.py" in blocks[0]
-  assert blocks[1].strip() == 'pip install -e ".[test]" && pytest'
+  assert blocks[1].strip() == 'pip install -e ".[test,torch]" && pytest'
   with open(os.path.join(REPO, ".ci", "run")) as f:
     ci = f.read()
-  assert 'pip install -q -e ".[test]"' in ci and "\npytest\n" in ci
+  assert 'pip install -q -e ".[test,torch]"\npytest\n' in ci
