@@ -87,7 +87,23 @@ while [[ ${#live[@]} -gt 0 ]]; do
   finished=""
   wait -n -p finished "${live[@]}"
   code=$?
-  [[ -z "${finished:-}" ]] && continue  # interrupted by a trapped signal: keep waiting
+  if [[ -z "${finished:-}" ]]; then
+    # Either a trapped signal interrupted the wait, or bash had already collected a process
+    # that exited together with the previous one, and `wait -n` answers "no such job" (127)
+    # for it. Plain `wait PID` still returns the status bash kept for it.
+    for pid in "${live[@]}"; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid"
+        code=$?
+        finished=$pid
+        break
+      fi
+    done
+    if [[ -z "${finished:-}" ]]; then
+      sleep 0.1  # all still running (or not yet collected): wait again, without spinning
+      continue
+    fi
+  fi
   rest=()
   for pid in "${live[@]}"; do [[ "$pid" != "$finished" ]] && rest+=("$pid"); done
   live=("${rest[@]+"${rest[@]}"}")
