@@ -72,6 +72,14 @@ def tiny_config(negatives="ring", **overrides):
   return c
 
 
+def child_xla_flags(num_devices):
+  """XLA_FLAGS for a child process with `num_devices` simulated CPU devices: the session's
+  flags (conftest: the tests' optimisation level) with that device count instead of 8."""
+  kept = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count=")]
+  return " ".join(kept + [f"--xla_force_host_platform_device_count={num_devices}"])
+
+
 def no_tensorflow(directory):
   """A folder to put first on a child process's PYTHONPATH so that `import tensorflow` fails,
   as on a machine without it (the trainer then writes no TensorBoard summaries, and the

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from mi_contrast import multihost
-from helpers import no_tensorflow
+from helpers import child_xla_flags, no_tensorflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "launch", "local_multiprocess.sh")
@@ -45,7 +45,9 @@ def get_config(preset=None):
 def _env(blocker=None, **extra):
   path = os.pathsep.join([blocker, REPO] if blocker else [REPO])
   env = dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-  env.pop("XLA_FLAGS", None)
+  # The session's XLA flags without a device count: the launcher sets its own.
+  env["XLA_FLAGS"] = " ".join(f for f in child_xla_flags(1).split()
+                              if "device_count" not in f)
   env.update(extra)
   return env
 
@@ -68,7 +70,7 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(tmp_path):
                        stderr=subprocess.STDOUT),
       subprocess.Popen([sys.executable, "-m", "mi_contrast.main", *flags,
                         f"--workdir={single}"], cwd=REPO,
-                       env=_env(blocker, XLA_FLAGS="--xla_force_host_platform_device_count=8"),
+                       env=_env(blocker, XLA_FLAGS=child_xla_flags(8)),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT),
   ]
   outputs = [run.communicate(timeout=240)[0].decode(errors="replace") for run in runs]

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from helpers import REPO, no_tensorflow, checkpoint_steps as _checkpoint_steps
+from helpers import REPO, child_xla_flags, no_tensorflow, checkpoint_steps as _checkpoint_steps
 
 EVERY = 4  # checkpoint_every_steps
 FLAGS = ["--config=configs/ring.py", "--config.num_epochs=1", "--config.width=8",
@@ -58,7 +58,7 @@ def _env(workdir, hook_dir=None, **extra):
   paths = ([str(hook_dir)] if hook_dir else []) + [
       no_tensorflow(os.path.dirname(workdir)), REPO, env.get("PYTHONPATH", "")]
   env["PYTHONPATH"] = os.pathsep.join(paths)
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["XLA_FLAGS"] = child_xla_flags(2)
   env.update(extra)
   return env
 

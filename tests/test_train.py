@@ -13,7 +13,7 @@ from mi_contrast import config as config_lib
 from mi_contrast import methods
 from mi_contrast import train
 import helpers
-from helpers import REPO, assert_devices_agree, tiny_config
+from helpers import REPO, assert_devices_agree, child_xla_flags, tiny_config
 
 
 @pytest.mark.parametrize("negatives, overrides", [
@@ -105,7 +105,7 @@ def test_main_runs_without_tensorflow(tmp_path):
       "raise ImportError('TensorFlow is not installed (blocked by the test)')\n")
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([str(blocker), REPO, env.get("PYTHONPATH", "")])
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+  env["XLA_FLAGS"] = child_xla_flags(2)
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "mi_contrast.main", "--config=configs/ring.py",
          f"--workdir={workdir}", "--config.num_epochs=1", "--config.width=8",

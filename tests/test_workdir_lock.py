@@ -20,7 +20,7 @@ from mi_contrast import input_pipeline
 from mi_contrast import multihost
 from mi_contrast import train
 from mi_contrast import workdir_lock
-from helpers import REPO, tiny_config
+from helpers import REPO, child_xla_flags, tiny_config
 
 FLAGS = ["--config=configs/ring.py", "--config.num_epochs=1", "--config.width=8",
          "--config.head_hidden=32", "--config.embedding_dim=16", "--config.num_negatives=64",
@@ -44,7 +44,7 @@ def test_second_run_on_a_locked_workdir_is_refused_naming_the_first(tmp_path):
   path = workdir_lock.lock_path(workdir)
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["XLA_FLAGS"] = child_xla_flags(1)
   with workdir_lock.held(str(workdir)) as first:
     proc = subprocess.run([sys.executable, "-m", "mi_contrast.main", f"--workdir={workdir}"]
                           + FLAGS, cwd=REPO, env=env, capture_output=True, text=True,
