@@ -10,10 +10,10 @@ if "xla_force_host_platform_device_count" not in flags:
 # The tests compile far more than they run: XLA's backend optimisation level 0 halves the
 # compile time of a step (measured on the 2-core CPU: one CMC Ring step on 1 device 20.9 s ->
 # 11.7 s, on 8 devices 9.3 s -> 5.9 s, with the same scores) and the suite's wall time (10:03
-# -> 7:20 idle, child processes included). What the tests check (agreements, invariants, exact resumes, hashes of one run
-# against another) holds at every level; runs outside the tests use XLA's default, and so do
-# the README's numbers and the benchmarks. helpers.child_xla_flags passes it to child processes.
-# A level set in XLA_FLAGS is kept.
+# -> 7:20 idle, child processes included). What the tests check (agreements, invariants, exact
+# resumes, hashes of one run against another) holds at every level; runs outside the tests use
+# XLA's default, and so do the README's numbers and the benchmarks. helpers.child_xla_flags
+# passes it to child processes. A level set in XLA_FLAGS is kept.
 if "xla_backend_optimization_level" not in flags:
   flags += " --xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = flags.strip()
