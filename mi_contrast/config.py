@@ -23,6 +23,9 @@ def base_config():
   c.pretrain_split = "train"   # train | unlabelled | train+unlabelled (the last two: stl10)
   c.split_seed = 0             # digits: the train/test split is fixed by this seed.
   c.test_fraction = 0.2        # digits: share of the 1,797 images held out for evaluation.
+  c.eval_split = "test"        # test | validation: probe on a split carved from the training
+                               # images (in-memory data; for choosing a recipe, never the test)
+  c.validation_fraction = 0.2  # eval_split validation: share of the training images held out
   c.image_size = 16            # side of the images the encoder sees (digits: 8 -> 16).
   c.stream_resize = 256        # imagenet2012: host resizes the shorter side to this, then crops
 
@@ -204,6 +207,7 @@ LR_SCHEDULES = ("cosine", "step", "constant")
 KNN_FEATURES = ("backbone", "embedding")
 PRETRAIN_SPLITS = ("train", "unlabelled", "train+unlabelled")
 DTYPES = ("float32", "bfloat16")
+EVAL_SPLITS = ("test", "validation")
 RING_SCHEDULES = ("constant", "linear", "step", "exponential", "cosine", "adaptive")
 
 
@@ -272,6 +276,10 @@ def validate(config, *, num_devices, num_train=None):
   _choice(config, "cmc.width", CMC_WIDTHS)
   _choice(config, "nce_partition", ("per_batch", "first_batch"))
   _choice(config, "compute_dtype", DTYPES)
+  _choice(config, "eval_split", EVAL_SPLITS)
+  if config.eval_split == "validation" and config.dataset in ("imagenet2012",):
+    _fail("eval_split", config.eval_split, "'test' for the streamed imagenet2012 (its "
+          "validation split is already the evaluation split)")
   _choice(config, "bank_dtype", DTYPES)
   for field in ("download", "sync_batch_norm", "ring.dynamic_inner", "neighbour_views",
                 "bank_sharded"):
@@ -285,6 +293,7 @@ def validate(config, *, num_devices, num_train=None):
   _number(config, "seed", 0, None, integer=True)
   _number(config, "split_seed", 0, None, integer=True)
   _number(config, "test_fraction", 0.0, 1.0, low_open=True, high_open=True)
+  _number(config, "validation_fraction", 0.0, 1.0, low_open=True, high_open=True)
   _number(config, "image_size", 8, 1024, integer=True)
   _number(config, "stream_resize", config.image_size, 4096, integer=True)
   _number(config, "width", 1, 4096, integer=True)

@@ -532,16 +532,40 @@ def load_streaming(config) -> StreamingData:
                        config.stream_resize, jax.process_index(), jax.process_count())
 
 
+def validation_split(data: InMemoryData, fraction: float, seed: int) -> InMemoryData:
+  """The same data with the test split replaced by a validation split: `fraction` of the
+  training images, drawn by a permutation fixed by `seed`; training (and pretraining, unless
+  it has its own images) keeps the rest. The test images are not used at all, so a recipe
+  chosen on this split has never seen them."""
+  order = np.random.RandomState(seed).permutation(data.num_train)
+  num_validation = int(round(fraction * data.num_train))
+  if not 0 < num_validation < data.num_train:
+    raise ValueError(f"config.validation_fraction = {fraction} leaves {num_validation} of the "
+                     f"{data.num_train} training images for validation; choose a fraction "
+                     "that leaves some on both sides.")
+  held, kept = np.sort(order[:num_validation]), np.sort(order[num_validation:])
+  return dataclasses.replace(data, name=f"{data.name}:validation",
+                             train_images=data.train_images[kept],
+                             train_labels=data.train_labels[kept],
+                             test_images=data.train_images[held],
+                             test_labels=data.train_labels[held])
+
+
 def load_dataset(config):
   """The dataset a config names (raises early and clearly if missing, before anything
-  compiles): InMemoryData, or StreamingData for imagenet2012."""
+  compiles): InMemoryData, or StreamingData for imagenet2012. With config.eval_split
+  'validation', in-memory data are `validation_split` of it (seed config.split_seed)."""
   if config.dataset == "digits":
-    return load_digits(config.split_seed, config.test_fraction)
-  if config.dataset == "fashion_mnist":
-    return load_fashion_mnist(config.data_dir)
-  if config.dataset in STREAMING:
+    data = load_digits(config.split_seed, config.test_fraction)
+  elif config.dataset == "fashion_mnist":
+    data = load_fashion_mnist(config.data_dir)
+  elif config.dataset in STREAMING:
     return load_streaming(config)
-  return load_tfds(config.dataset, config.data_dir, config.download, config.pretrain_split)
+  else:
+    data = load_tfds(config.dataset, config.data_dir, config.download, config.pretrain_split)
+  if config.get("eval_split", "test") == "validation":
+    data = validation_split(data, config.validation_fraction, config.split_seed)
+  return data
 
 
 @functools.partial(jax.jit, static_argnames=("size",))

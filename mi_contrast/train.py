@@ -530,9 +530,9 @@ class _Preemption:
 
 _RUN_DEFINING_FIELDS = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim",
                         "method", "negatives", "num_negatives", "global_batch_size", "seed",
-                        "split_seed", "test_fraction", "image_size", "views", "num_views",
-                        "bound", "nce_partition", "neighbour_views", "cmc", "la", "bank_dtype",
-                        "bank_sharded")
+                        "split_seed", "test_fraction", "eval_split", "validation_fraction",
+                        "image_size", "views", "num_views", "bound", "nce_partition",
+                        "neighbour_views", "cmc", "la", "bank_dtype", "bank_sharded")
 
 
 def _check_resume_config(workdir, config, num_train):
@@ -827,6 +827,7 @@ def _train_and_evaluate(config, workdir, *, stop_after_steps, reevaluate):
       "bound": config.bound,
       "objective": methods.describe_objective(config),
       "dataset": config.dataset,
+      "eval_split": config.eval_split,   # 'validation': the probes' split came from training
       "knn_top1": final["knn_top1"],
       "nn1_top1": final["nn1_top1"],
       "linear_top1": final["linear_top1"],
