@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from mi_contrast import input_pipeline
 from mi_contrast import memory
+from mi_contrast.mesh import AXIS
 
 
 def extract_features(model, variables, images, mesh, chunk=512):
@@ -78,7 +79,7 @@ def extract_features_stream(model, variables, batches, mesh):
   """
   from jax.experimental import multihost_utils
   fn = _feature_fn(model, mesh)
-  sharding = jax.sharding.NamedSharding(mesh, P("batch"))
+  sharding = jax.sharding.NamedSharding(mesh, P(AXIS))
   hs, zs, labels = [], [], []
   for images, batch_labels, valid in batches:
     h, z = fn(variables, jax.make_array_from_process_local_data(sharding, images))
@@ -100,8 +101,8 @@ def _feature_fn(model, mesh):
     if z.ndim == 3:  # a multi-stream encoder (CMC): the unit streams side by side, unit again
       z = memory.l2_normalize(z.reshape(z.shape[0], -1))
     return h, z
-  return jax.jit(jax.shard_map(apply, mesh=mesh, in_specs=(P(), P("batch")),
-                               out_specs=(P("batch"), P("batch"))))
+  return jax.jit(jax.shard_map(apply, mesh=mesh, in_specs=(P(), P(AXIS)),
+                               out_specs=(P(AXIS), P(AXIS))))
 
 
 def normalize(features):

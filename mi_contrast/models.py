@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from mi_contrast import views
+from mi_contrast.mesh import AXIS
 
 # Public API: config.model name -> (block, stages): block 'basic' or 'bottleneck', stages the
 # number of blocks per stage (He et al. 2016); a ResNet for a name is
@@ -194,7 +195,7 @@ class LabEncoder(nn.Module):
     return jnp.concatenate([h_l, h_ab], axis=-1), jnp.stack([z_l, z_ab], axis=1)
 
 
-def build_encoder(config, mean, std, bn_axis_name="batch"):
+def build_encoder(config, mean, std, bn_axis_name=AXIS):
   """The encoder a config asks for (ResNet-18/50 use width 64, the digits ResNet config.width).
 
   Method 'cmc' gets a LabEncoder whose streams have that width ('full') or half of it.

@@ -38,18 +38,18 @@ from mi_contrast import config as config_lib
 from mi_contrast import evaluate
 from mi_contrast import input_pipeline
 from mi_contrast import memory
+from mi_contrast.mesh import AXIS, make_mesh  # noqa: F401  (make_mesh: train.make_mesh)
 from mi_contrast import methods
 from mi_contrast import models
 from mi_contrast import multihost
 from mi_contrast import negatives as negatives_lib
 from mi_contrast import report
 from mi_contrast import schedules
-from mi_contrast import sharded_bank
+from mi_contrast.methods import sharded_bank
 from mi_contrast import views as views_lib
 from mi_contrast import writers
 from mi_contrast import workdir_lock
 
-AXIS = "batch"
 # Every training step of the loop runs under this transfer guard: an implicit transfer between
 # host and device inside a step (a stray float(), a host constant, a resharded input) raises
 # instead of silently synchronising every step. Metrics are fetched, evaluation runs and
@@ -72,11 +72,6 @@ class TrainState:
 # ----------------------------------------------------------------------------------------------
 # Building blocks.
 # ----------------------------------------------------------------------------------------------
-
-
-def make_mesh(devices=None):
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (AXIS,))
 
 
 def steps_per_epoch(config, num_train):
@@ -146,7 +141,7 @@ def create_train_state(config, model, tx, method, num_train, image_shape):
 
 
 def shard_bank(config, state, num_devices):
-  """With config.bank_sharded, pads the bank to whole shards (see sharded_bank.py)."""
+  """With config.bank_sharded, pads the bank to whole shards (see methods/sharded_bank.py)."""
   if not config.bank_sharded:
     return state
   return state.replace(method_state=sharded_bank.shard_state(state.method_state, num_devices))

@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec as P
 from mi_contrast import config as config_lib
 from mi_contrast import methods
 from mi_contrast import negatives
-from mi_contrast import sharded_bank
+from mi_contrast.methods import sharded_bank
 from mi_contrast import train
 from helpers import build_step, tiny_config
 

@@ -28,13 +28,13 @@ import jax.numpy as jnp
 from mi_contrast import bounds
 from mi_contrast import memory
 from mi_contrast import negatives as negatives_lib
-from mi_contrast import sharded_bank
+from mi_contrast.methods import sharded_bank
 from mi_contrast.methods.base import Objective
+from mi_contrast.mesh import AXIS
 
 VIEWS = (1, 1, 8)
 ONLINE_VIEWS = None
 
-AXIS = "batch"
 
 
 def init_state(rng, config, num_train, variables):

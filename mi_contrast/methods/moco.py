@@ -38,10 +38,10 @@ from mi_contrast import bounds
 from mi_contrast import memory
 from mi_contrast import negatives as negatives_lib
 from mi_contrast.methods.base import Objective
+from mi_contrast.mesh import AXIS
 
 VIEWS = (2, 2, 2)
 ONLINE_VIEWS = 1
-AXIS = "batch"
 
 
 def init_state(rng, config, num_train, variables):

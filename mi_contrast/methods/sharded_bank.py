@@ -32,8 +32,8 @@ from mi_contrast import bounds
 from mi_contrast import memory
 from mi_contrast import negatives as negatives_lib
 from mi_contrast.methods.base import Objective
+from mi_contrast.mesh import AXIS
 
-AXIS = "batch"
 
 
 def rows_per_shard(num_rows, num_shards):
