@@ -58,6 +58,7 @@ References
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +180,183 @@ def _chunk_rows(n):
   return min(n, 32)
 
 
+def _probit(count, p):
+  """Gaussian score of the fraction of a row of ``p`` entries below a threshold with ``count``
+  entries above it (a float32 array shaped like ``count``)."""
+  frac = (p - jnp.asarray(count, jnp.float32) + 0.5) / (p + 1.0)
+  return jnp.sqrt(2.0).astype(jnp.float32) * lax.erf_inv(2.0 * frac - 1.0)
+
+
+def _row_moments(x):
+  """Mean and standard deviation of each row x [N, P], each [N, 1] float32.
+
+  From a strided subsample of ``_MOMENT_SAMPLE`` columns (a full pass costs as much as a search
+  step). Sentinel entries (-inf: an excluded row) stay out of the moments.
+  """
+  sample = x[:, ::max(1, x.shape[1] // _MOMENT_SAMPLE)]
+  real = jnp.isfinite(sample)
+  count = jnp.maximum(jnp.sum(real, axis=1, keepdims=True), 1).astype(jnp.float32)
+  mean = jnp.sum(jnp.where(real, sample, 0.0), axis=1, keepdims=True) / count
+  std = jnp.sqrt(jnp.sum(jnp.where(real, jnp.square(sample - mean), 0.0), axis=1,
+                         keepdims=True) / count)
+  return mean, std
+
+
+def _as_key(a):
+  """int32 -> uint32 of the same bits (a float key stored in the packed int32 state)."""
+  return lax.bitcast_convert_type(a, jnp.uint32)
+
+
+class _CutState(NamedTuple):
+  """The search state of every row and cut, packed into one int32 and one float32 array so
+  that a search step gathers and scatters two arrays (what makes the step fast); the
+  properties below are named views of it, each [N, C].
+
+  ints [N, C, 8]: ``steps`` taken; the bracket ``[lo, hi)`` as uint32 float keys (``_to_key``)
+  with ``c_lo = count(lo) >= r > count(hi) = c_hi``; the side moved ``last`` (+1: lo, -1: hi,
+  0: none yet); the bracket's count width one and two steps back (``width1``, ``width2``).
+  floats [N, C, 4]: the counts' probits ``z_lo``, ``z_hi`` and the Illinois weights ``w_lo``,
+  ``w_hi``.
+  """
+  ints: jax.Array
+  floats: jax.Array
+
+  @classmethod
+  def pack(cls, steps, lo, hi, c_lo, c_hi, last, width1, width2, z_lo, z_hi, w_lo, w_hi):
+    """Packs the twelve [N, C] fields (``lo``, ``hi`` uint32 keys) into a state."""
+    as_int = lambda k: lax.bitcast_convert_type(k, jnp.int32)
+    ints = jnp.stack([steps, as_int(lo), as_int(hi), c_lo, c_hi, last, width1, width2], -1)
+    return cls(ints, jnp.stack([z_lo, z_hi, w_lo, w_hi], -1))
+
+  @classmethod
+  def initial(cls, n, c, p):
+    """The state before the first step of [N, C] cuts of rows of ``p`` entries: the bracket
+    is ``[-inf, +inf)`` (counts p and 0), with unit Illinois weights."""
+    full = lambda v, dtype: jnp.full((n, c), v, dtype)
+    c_lo, c_hi = full(p, jnp.int32), full(0, jnp.int32)
+    return cls.pack(full(0, jnp.int32), full(_to_key(jnp.float32(-jnp.inf)), jnp.uint32),
+                    full(_to_key(jnp.float32(jnp.inf)), jnp.uint32), c_lo, c_hi,
+                    full(0, jnp.int32), full(2 * p + 2, jnp.int32), full(2 * p + 2, jnp.int32),
+                    _probit(c_lo, p), _probit(c_hi, p), full(1.0, jnp.float32),
+                    full(1.0, jnp.float32))
+
+  steps = property(lambda self: self.ints[..., 0])
+  lo = property(lambda self: _as_key(self.ints[..., 1]))
+  hi = property(lambda self: _as_key(self.ints[..., 2]))
+  c_lo = property(lambda self: self.ints[..., 3])
+  c_hi = property(lambda self: self.ints[..., 4])
+  last = property(lambda self: self.ints[..., 5])
+  width1 = property(lambda self: self.ints[..., 6])
+  width2 = property(lambda self: self.ints[..., 7])
+  z_lo = property(lambda self: self.floats[..., 0])
+  z_hi = property(lambda self: self.floats[..., 1])
+  w_lo = property(lambda self: self.floats[..., 2])
+  w_hi = property(lambda self: self.floats[..., 3])
+
+  def undone(self, r):
+    """bool [N, C]: cuts still searched (no exact cut yet, and ``lo``, ``hi`` not adjacent)."""
+    return (self.c_lo != r) & (self.hi - self.lo > 1)
+
+
+class _CutTargets(NamedTuple):
+  """The constants of every row and cut: the rank ``r`` int32 [N, C] and, packed like the
+  state, floats [N, C, 3] = (probit(r), the row's mean, its std) for the Gaussian model."""
+  r: jax.Array
+  floats: jax.Array
+
+  @classmethod
+  def pack(cls, r, z_target, mean, std):
+    """r, z_target [N, C] and mean, std broadcastable to them -> targets."""
+    shape = r.shape
+    return cls(r, jnp.stack([z_target, jnp.broadcast_to(mean, shape),
+                             jnp.broadcast_to(std, shape)], -1))
+
+  z_target = property(lambda self: self.floats[..., 0])
+  mean = property(lambda self: self.floats[..., 1])
+  std = property(lambda self: self.floats[..., 2])
+
+
+def _propose(state, targets):
+  """The next threshold of every cut: uint32 keys [N, C], strictly inside each bracket.
+
+  The Gaussian quantile of the row at the first step, a Newton step from the last count at the
+  second, then Illinois regula falsi between the bracket's ends (stepping out by a doubling
+  stride while an end is still infinite); a bisection when two steps did not halve the
+  bracket's count.
+  """
+  steps, lo, hi, last = state.steps, state.lo, state.hi, state.last
+  z_lo, z_hi, w_lo, w_hi = state.z_lo, state.z_hi, state.w_lo, state.w_hi
+  z_target, mean, std = targets.z_target, targets.mean, targets.std
+  width = state.c_lo - state.c_hi
+  v_lo, v_hi = _from_key(lo), _from_key(hi)
+  # Illinois regula falsi in (value, probit(count)) coordinates: exact for Gaussian rows,
+  # locally linear for any smooth distribution.
+  a = (z_target - z_lo) * w_lo
+  b = (z_hi - z_target) * w_hi
+  interp = v_lo + (v_hi - v_lo) * (a / (a + b))
+  # While one end is still infinite, step out from the other one, doubling the stride.
+  stride = std * jnp.exp2((steps - 1).astype(jnp.float32))
+  interp = jnp.where(jnp.isinf(v_hi), v_lo + stride * jnp.maximum(z_target - z_lo, 0.5), interp)
+  interp = jnp.where(jnp.isinf(v_lo), v_hi - stride * jnp.maximum(z_hi - z_target, 0.5), interp)
+  # The first two steps follow a Gaussian model of the row (robust to outliers such as the
+  # anchor's own entry): its quantile, then a Newton step from the last count.
+  newton = jnp.where(last == 1, v_lo + std * (z_target - z_lo), v_hi + std * (z_target - z_hi))
+  t = jnp.where(steps == 0, mean + std * z_target, jnp.where(steps == 1, newton, interp))
+  key = _to_key(jnp.clip(t, v_lo, v_hi))
+  # Safeguard when two steps did not halve the bracket's count: try 0 if the bracket
+  # straddles it; bisect the bit pattern if the bracket spans binades (this halves the
+  # exponent range); bisect the value otherwise.
+  crosses = (v_lo < 0) & (v_hi > 0)
+  wide = (jnp.abs(v_hi) > 2 * jnp.abs(v_lo)) | (jnp.abs(v_lo) > 2 * jnp.abs(v_hi))
+  mid = jnp.where(crosses, _to_key(jnp.float32(0.0)),
+                  jnp.where(wide, lo + (hi - lo) // 2, _to_key(0.5 * v_lo + 0.5 * v_hi)))
+  key = jnp.where(2 * width > state.width2, mid, key)
+  return jnp.clip(key, lo + 1, jnp.maximum(hi, lo + 2) - 1)
+
+
+def _update_bracket(rows, state, targets, key):
+  """The state after counting the proposal ``key`` [N, C] in rows [N, P].
+
+  A count still at or above ``r`` raises ``lo`` to the proposal, otherwise ``hi`` comes down
+  to it. Illinois: an end that stays put for a second step in a row has its weight halved, so
+  the next interpolation moves towards it; the moved end's weight is reset to 1.
+  """
+  lo, hi, c_lo, c_hi, last = state.lo, state.hi, state.c_lo, state.c_hi, state.last
+  z_lo, z_hi, w_lo, w_hi = state.z_lo, state.z_hi, state.w_lo, state.w_hi
+  cnt = _count_ge(rows, _from_key(key))
+  z_cnt = _probit(cnt, rows.shape[1])
+  up = cnt >= targets.r                          # threshold still inside the cut: raise lo
+  half = jnp.float32(0.5)
+  return _CutState.pack(
+      state.steps + 1, jnp.where(up, key, lo), jnp.where(up, hi, key),
+      jnp.where(up, cnt, c_lo), jnp.where(up, c_hi, cnt), jnp.where(up, 1, -1),
+      c_lo - c_hi, state.width1, jnp.where(up, z_cnt, z_lo), jnp.where(up, z_hi, z_cnt),
+      jnp.where(up, 1.0, jnp.where(last == -1, w_lo * half, w_lo)),
+      jnp.where(up, jnp.where(last == 1, w_hi * half, w_hi), 1.0))
+
+
+def _search_step(rows, state, targets):
+  """One search step of rows [N, P]: unfinished cuts move one end of their bracket inwards,
+  finished ones keep their state."""
+  active = state.undone(targets.r)
+  new = _update_bracket(rows, state, targets, _propose(state, targets))
+  return jax.tree.map(lambda nw, old: jnp.where(active[..., None], nw, old), new, state)
+
+
+def _step_chunk(x, targets, chunk, state):
+  """Steps the ``chunk`` unfinished rows of x [N, P] with the fewest steps so far.
+
+  They are gathered into a small block: finished rows cost nothing, and one compiled body
+  serves all rows.
+  """
+  pending = jnp.any(state.undone(targets.r), axis=1)
+  order = jnp.where(pending, state.steps[:, 0], jnp.iinfo(jnp.int32).max)
+  idx = jnp.argsort(order)[:chunk]
+  take = lambda a: a[idx]
+  sub = _search_step(x[idx], jax.tree.map(take, state), jax.tree.map(take, targets))
+  return jax.tree.map(lambda a, b: a.at[idx].set(b), state, sub)
+
+
 def _search_cuts(x, ranks):
   """Per-row thresholds of the top-``r`` cuts, for each r in ``ranks``.
 
@@ -187,115 +365,23 @@ def _search_cuts(x, ranks):
     ranks: [C] or [N, C] int32 (the same cuts for every row, or per row), each in [1, P].
 
   Returns:
-    (t, c_ge, c_gt): [N, C] each. ``t`` is a float threshold with ``c_gt = #{x > t} < r <=
-    c_ge = #{x >= t}``; ``c_ge == r`` means the cut is exactly ``x >= t``; otherwise ``t`` is
-    the value of the rank ``r - 1`` entry and ``r - c_gt`` of its ties (by index) are in the cut.
+    (t, c_ge, c_gt): [N, C] each. ``t`` is a float threshold with ``c_gt < r <= c_ge =
+    #{x >= t}``; ``c_ge == r`` means the cut is exactly ``x >= t`` (``c_gt`` is then only the
+    count at the bracket's upper end); otherwise ``c_gt = #{x > t}``, ``t`` is the value of the
+    rank ``r - 1`` entry and ``r - c_gt`` of its ties (by index) are in the cut.
 
-  Every step moves one end of each row's bracket ``[lo, hi)`` (float bit patterns) strictly
-  inwards, so the search ends; the safeguard below bounds it by a few hundred steps in the
-  worst case, and realistic rows need about 5 to 20.
+  Every step (``_propose``, then ``_update_bracket``) moves one end of each row's bracket
+  ``[lo, hi)`` (float bit patterns) strictly inwards, so the search ends; the safeguard
+  bounds it by a few hundred steps in the worst case, and realistic rows need about 5 to 20.
   """
   n, p = x.shape
   c = ranks.shape[-1]
   r = jnp.broadcast_to(ranks if ranks.ndim == 2 else ranks[None, :], (n, c))
-  # Moments for the Gaussian model, from a strided subsample (a full pass costs as much as a
-  # search step).
-  # Sentinel entries (-inf: an excluded row) stay out of the moments.
-  sample = x[:, ::max(1, p // _MOMENT_SAMPLE)]
-  real = jnp.isfinite(sample)
-  count = jnp.maximum(jnp.sum(real, axis=1, keepdims=True), 1).astype(jnp.float32)
-  mean = jnp.sum(jnp.where(real, sample, 0.0), axis=1, keepdims=True) / count
-  std = jnp.sqrt(jnp.sum(jnp.where(real, jnp.square(sample - mean), 0.0), axis=1,
-                         keepdims=True) / count)
-
-  def probit(count):
-    # Gaussian score of the fraction of the row below a threshold with `count` entries above.
-    frac = (p - jnp.asarray(count, jnp.float32) + 0.5) / (p + 1.0)
-    return jnp.sqrt(2.0).astype(jnp.float32) * lax.erf_inv(2.0 * frac - 1.0)
-
-  # State per row and cut, packed into one int32 and one float32 array so that a step
-  # gathers and scatters two arrays: steps taken, bracket [lo, hi) as float bit patterns
-  # (count(lo) >= r > count(hi)), the two counts, the side moved last (+1: lo), the bracket's
-  # count width one and two steps back; the counts' probits and the Illinois weights.
-  def pack(steps, lo, hi, c_lo, c_hi, last, width1, width2, z_lo, z_hi, w_lo, w_hi):
-    as_int = lambda k: lax.bitcast_convert_type(k, jnp.int32)
-    ints = jnp.stack([steps, as_int(lo), as_int(hi), c_lo, c_hi, last, width1, width2], -1)
-    return ints, jnp.stack([z_lo, z_hi, w_lo, w_hi], -1)
-
-  def unpack(ints, floats):
-    as_key = lambda k: lax.bitcast_convert_type(k, jnp.uint32)
-    steps, lo, hi, c_lo, c_hi, last, width1, width2 = (ints[..., i] for i in range(8))
-    return ((steps, as_key(lo), as_key(hi), c_lo, c_hi, last, width1, width2)
-            + tuple(floats[..., i] for i in range(4)))
-
-  full = lambda v, dtype: jnp.full((n, c), v, dtype)
-  c_lo, c_hi = full(p, jnp.int32), full(0, jnp.int32)
-  state = pack(full(0, jnp.int32), full(_to_key(jnp.float32(-jnp.inf)), jnp.uint32),
-               full(_to_key(jnp.float32(jnp.inf)), jnp.uint32), c_lo, c_hi,
-               full(0, jnp.int32), full(2 * p + 2, jnp.int32), full(2 * p + 2, jnp.int32),
-               probit(c_lo), probit(c_hi), full(1.0, jnp.float32), full(1.0, jnp.float32))
-  consts = (r, jnp.stack([probit(r), jnp.broadcast_to(mean, (n, c)),
-                          jnp.broadcast_to(std, (n, c))], -1))
-
-  def undone(ints, r):
-    lo, hi = (lax.bitcast_convert_type(ints[..., i], jnp.uint32) for i in (1, 2))
-    return (ints[..., 3] != r) & (hi - lo > 1)
-
-  def step(rows, state, consts):
-    steps, lo, hi, c_lo, c_hi, last, width1, width2, z_lo, z_hi, w_lo, w_hi = unpack(*state)
-    r, (z_target, mean, std) = consts[0], (consts[1][..., i] for i in range(3))
-    active = undone(state[0], r)
-    width = c_lo - c_hi
-    v_lo, v_hi = _from_key(lo), _from_key(hi)
-    # Illinois regula falsi in (value, probit(count)) coordinates: exact for Gaussian rows,
-    # locally linear for any smooth distribution.
-    a = (z_target - z_lo) * w_lo
-    b = (z_hi - z_target) * w_hi
-    interp = v_lo + (v_hi - v_lo) * (a / (a + b))
-    # While one end is still infinite, step out from the other one, doubling the stride.
-    stride = std * jnp.exp2((steps - 1).astype(jnp.float32))
-    interp = jnp.where(jnp.isinf(v_hi), v_lo + stride * jnp.maximum(z_target - z_lo, 0.5), interp)
-    interp = jnp.where(jnp.isinf(v_lo), v_hi - stride * jnp.maximum(z_hi - z_target, 0.5), interp)
-    # The first two steps follow a Gaussian model of the row (robust to outliers such as the
-    # anchor's own entry): its quantile, then a Newton step from the last count.
-    newton = jnp.where(last == 1, v_lo + std * (z_target - z_lo), v_hi + std * (z_target - z_hi))
-    t = jnp.where(steps == 0, mean + std * z_target, jnp.where(steps == 1, newton, interp))
-    key = _to_key(jnp.clip(t, v_lo, v_hi))
-    # Safeguard when two steps did not halve the bracket's count: try 0 if the bracket
-    # straddles it; bisect the bit pattern if the bracket spans binades (this halves the
-    # exponent range); bisect the value otherwise.
-    crosses = (v_lo < 0) & (v_hi > 0)
-    wide = (jnp.abs(v_hi) > 2 * jnp.abs(v_lo)) | (jnp.abs(v_lo) > 2 * jnp.abs(v_hi))
-    mid = jnp.where(crosses, _to_key(jnp.float32(0.0)),
-                    jnp.where(wide, lo + (hi - lo) // 2, _to_key(0.5 * v_lo + 0.5 * v_hi)))
-    key = jnp.where(2 * width > width2, mid, key)
-    key = jnp.clip(key, lo + 1, jnp.maximum(hi, lo + 2) - 1)
-    cnt = _count_ge(rows, _from_key(key))
-    z_cnt = probit(cnt)
-    up = cnt >= r                                  # threshold still inside the cut: raise lo
-    half = jnp.float32(0.5)
-    new = pack(steps + 1, jnp.where(up, key, lo), jnp.where(up, hi, key),
-               jnp.where(up, cnt, c_lo), jnp.where(up, c_hi, cnt), jnp.where(up, 1, -1),
-               width, width1, jnp.where(up, z_cnt, z_lo), jnp.where(up, z_hi, z_cnt),
-               jnp.where(up, 1.0, jnp.where(last == -1, w_lo * half, w_lo)),
-               jnp.where(up, jnp.where(last == 1, w_hi * half, w_hi), 1.0))
-    return tuple(jnp.where(active[..., None], nw, old) for nw, old in zip(new, state))
-
-  # Each iteration steps the `chunk` unfinished rows with the fewest steps so far, gathered
-  # into a small block: finished rows cost nothing, and one compiled body serves all rows.
-  chunk = _chunk_rows(n)
-
-  def chunk_step(state):
-    pending = jnp.any(undone(state[0], r), axis=1)
-    order = jnp.where(pending, state[0][:, 0, 0], jnp.iinfo(jnp.int32).max)
-    idx = jnp.argsort(order)[:chunk]
-    take = lambda a: a[idx]
-    sub = step(x[idx], tuple(map(take, state)), tuple(map(take, consts)))
-    return tuple(a.at[idx].set(b) for a, b in zip(state, sub))
-
-  state = lax.while_loop(lambda s: jnp.any(undone(s[0], r)), chunk_step, state)
-  _, lo, _, c_lo, c_hi = unpack(*state)[:5]
-  return _from_key(lo), c_lo, c_hi
+  mean, std = _row_moments(x)
+  targets = _CutTargets.pack(r, _probit(r, p), mean, std)
+  step = functools.partial(_step_chunk, x, targets, _chunk_rows(n))
+  state = lax.while_loop(lambda s: jnp.any(s.undone(r)), step, _CutState.initial(n, c, p))
+  return _from_key(state.lo), state.c_lo, state.c_hi
 
 
 def _band_cuts(x, start, end):
@@ -525,6 +611,46 @@ def _row_bounds(num_rows, lower, upper):
   return count(upper), count(lower)
 
 
+def _candidate_band(x, cand, lower, upper, exclude_rows, pool_rows):
+  """The scores x [B, M] with excluded candidates set to -inf, and each row's band ``(start,
+  end)`` (int32 scalars or [B]) over its remaining candidates, widened to one entry if empty.
+
+  cand: None (the candidates are the pool rows) or int [M], the pool row of each candidate;
+  exclude_rows, pool_rows: as in ``band_negatives``.
+  """
+  b, m = x.shape
+  if exclude_rows is None and pool_rows is None:
+    start, end = band_bounds(m, lower, upper)
+    remaining = m
+  else:
+    source = jnp.arange(m, dtype=jnp.int32) if cand is None else cand
+    excluded = jnp.zeros((b, m), bool)
+    if exclude_rows is not None:
+      exclude_rows = jnp.asarray(exclude_rows, jnp.int32)
+      excluded = (source[None, :] == exclude_rows[:, None]) & (exclude_rows[:, None] >= 0)
+    if pool_rows is not None:
+      excluded = excluded | (source >= pool_rows)[None, :]
+    x = jnp.where(excluded, -jnp.inf, x)        # ranks last: outside every band below
+    remaining = m - jnp.sum(excluded, axis=1, dtype=jnp.int32)                     # [B]
+    start, end = _row_bounds(remaining, lower, upper)
+  start = jnp.minimum(start, remaining - 1)
+  end = jnp.maximum(end, start + 1)
+  return x, start, end
+
+
+def _band_draws(draw_key, anchor_ids, size, num):
+  """``num`` ranks per anchor, uniform in ``[0, size)``: int32 [B, num].
+
+  anchor_ids: int [B]; anchor i draws with ``fold_in(draw_key, anchor_ids[i])``. size: int32
+  scalar or [B], each at least 1.
+  """
+  keys = jax.vmap(lambda i: jax.random.fold_in(draw_key, i))(jnp.asarray(anchor_ids))
+  # One 32-bit draw per negative, reduced modulo the band size: the bias is below
+  # size / 2**32 (3e-5 relative for a 128k band), at half the cost of jax.random.randint.
+  bits = jax.vmap(lambda k: jax.random.bits(k, (num,), jnp.uint32))(keys)
+  return (bits % jnp.reshape(size, (-1, 1)).astype(jnp.uint32)).astype(jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("num", "candidates"))
 def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candidates=None,
                    anchor_ids=None, exclude_rows=None, pool_rows=None):
@@ -576,35 +702,13 @@ def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candid
   else:
     cand = jax.random.randint(cand_key, (int(candidates),), 0, p, dtype=jnp.int32)
     rows = pool[cand]
-  m = rows.shape[0]
   logits = jnp.dot(anchors, rows.T.astype(anchors.dtype)) / temperature       # [B, M]
 
-  x = lax.stop_gradient(logits).astype(jnp.float32)
-  if exclude_rows is None and pool_rows is None:
-    start, end = band_bounds(m, lower, upper)
-    remaining = m
-  else:
-    source = jnp.arange(m, dtype=jnp.int32) if cand is None else cand
-    excluded = jnp.zeros((b, m), bool)
-    if exclude_rows is not None:
-      exclude_rows = jnp.asarray(exclude_rows, jnp.int32)
-      excluded = (source[None, :] == exclude_rows[:, None]) & (exclude_rows[:, None] >= 0)
-    if pool_rows is not None:
-      excluded = excluded | (source >= pool_rows)[None, :]
-    x = jnp.where(excluded, -jnp.inf, x)        # ranks last: outside every band below
-    remaining = m - jnp.sum(excluded, axis=1, dtype=jnp.int32)                     # [B]
-    start, end = _row_bounds(remaining, lower, upper)
-  start = jnp.minimum(start, remaining - 1)
-  end = jnp.maximum(end, start + 1)
-  size = end - start
-
+  x, start, end = _candidate_band(lax.stop_gradient(logits).astype(jnp.float32), cand,
+                                  lower, upper, exclude_rows, pool_rows)
   if anchor_ids is None:
     anchor_ids = jnp.arange(b, dtype=jnp.int32)
-  keys = jax.vmap(lambda i: jax.random.fold_in(draw_key, i))(jnp.asarray(anchor_ids))
-  # One 32-bit draw per negative, reduced modulo the band size: the bias is below
-  # size / 2**32 (3e-5 relative for a 128k band), at half the cost of jax.random.randint.
-  bits = jax.vmap(lambda k: jax.random.bits(k, (num,), jnp.uint32))(keys)
-  u = (bits % jnp.reshape(size, (-1, 1)).astype(jnp.uint32)).astype(jnp.int32)
+  u = _band_draws(draw_key, anchor_ids, end - start, num)
 
   words = _select(x, start, end, lambda inner, band: _pack_words(band))
   local = _draw_from_words(words, u)
