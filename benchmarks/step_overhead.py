@@ -12,7 +12,7 @@ Prints:   one JSON line; also writes benchmarks/results/step_overhead_<config>.j
 Two jitted steps over the same mesh (every local device), timed alternately so that both see
 the same machine load; compile and one warm-up call excluded; medians of --reps calls, each
 blocked until ready:
-  full       mi_contrast.train.make_train_step: indices, on-device views, encoder forward and
+  full       mi_contrast.step.make_train_step: indices, on-device views, encoder forward and
              backward, the method's objective (bank scores, band negatives, bound), gradient
              all-reduce, optax update, memory-bank update, metrics.
   backbone   the same encoder (same BatchNorm synchronisation), forward and backward on one
@@ -45,9 +45,9 @@ sys.path.insert(0, REPO)
 
 from mi_contrast import config as config_lib  # noqa: E402
 from mi_contrast import input_pipeline  # noqa: E402
-from mi_contrast import methods  # noqa: E402
-from mi_contrast import models  # noqa: E402
-from mi_contrast import train  # noqa: E402
+from mi_contrast import run as run_lib  # noqa: E402
+from mi_contrast import step as step_lib  # noqa: E402
+from mi_contrast.mesh import AXIS  # noqa: E402
 
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 # Memory-bank rows (pretraining images) and image shape of each preset, without reading it.
@@ -93,47 +93,40 @@ def backbone_step(model, tx, mesh):
       return jnp.mean(jnp.square(z.astype(jnp.float32))), updated["batch_stats"]
 
     (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, train.AXIS)
+    grads = jax.lax.pmean(grads, AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return state.replace(params=optax.apply_updates(state.params, updates),
                          batch_stats=batch_stats, opt_state=opt_state, step=state.step + 1)
 
-  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(train.AXIS)),
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(AXIS)),
                                out_specs=P(), check_vma=False), donate_argnums=(0,))
 
 
 def measure(config, num_rows, reps, seed=0):
-  mesh = train.make_mesh()
-  num_devices = mesh.devices.size
-  config_lib.validate(config, num_devices=num_devices, num_train=num_rows)
-  replicated = NamedSharding(mesh, P())
   size = config.image_size
   shape = (size, size, CHANNELS.get(config.dataset, 3))
+  run = run_lib.build_run(config, bank_rows=num_rows,
+                          channel_stats=((0.5,) * shape[-1], (0.25,) * shape[-1]))
+  mesh, model, tx = run.mesh, run.model, run.tx
+  replicated = NamedSharding(mesh, P())
   rng = np.random.default_rng(seed)
   batch = config.global_batch_size
-  split = NamedSharding(mesh, P(train.AXIS))
-  streaming = config.dataset in input_pipeline.STREAMING
-  if streaming:  # the host hands each step a batch of fixed-size crops and their indices
+  split = NamedSharding(mesh, P(AXIS))
+  if run.streaming:  # the host hands each step a batch of fixed-size crops and their indices
     images = rng.integers(0, 256, (batch,) + shape, dtype=np.uint8)
     indices = rng.choice(num_rows, batch, replace=False).astype(np.int32)
     step_inputs = (jax.device_put(images, split), jax.device_put(indices, split))
-  else:          # in-memory data: every image on the device, the step gathers by index
+  else:              # in-memory data: every image on the device, the step gathers by index
     images = rng.integers(0, 256, (num_rows,) + shape, dtype=np.uint8)
     step_inputs = (jax.device_put(images, replicated),)
   one_view = jax.device_put(images[:batch], split)
-  method = methods.get(config.method)
-  model = models.build_encoder(config, (0.5,) * shape[-1], (0.25,) * shape[-1],
-                               bn_axis_name=train.AXIS)
-  tx, _ = train.make_optimizer(config, num_rows)
+
   def make_state():
-    state = train.shard_bank(
-        config, train.create_train_state(config, model, tx, method, num_rows, shape),
-        num_devices)
-    return jax.device_put(state, train.state_shardings(config, state, mesh))
+    state = run_lib.create_train_state(run)
+    return jax.device_put(state, run_lib.state_shardings(config, state, mesh))
 
   template = make_state()
-  full = train.make_train_step(config, model, tx, method, num_rows, mesh, streaming=streaming,
-                               state_spec=train.state_specs(config, template))
+  full = step_lib.make_train_step(run, state_spec=run_lib.state_specs(config, template))
   backbone = backbone_step(model, tx, mesh)
 
   states = {"full": template, "backbone": make_state()}
@@ -152,6 +145,7 @@ def measure(config, num_rows, reps, seed=0):
       states[name] = jax.block_until_ready(calls[name](states[name]))
       times[name].append(time.perf_counter() - start)
   median = {k: float(np.median(v)) for k, v in times.items()}
+  num_devices = run.plan.num_devices
   per_device = lambda seconds: batch / seconds / num_devices
   bank = states["full"].method_state.get("bank") if isinstance(
       states["full"].method_state, dict) else None
@@ -171,7 +165,7 @@ def measure(config, num_rows, reps, seed=0):
       "bank_sharded": config.bank_sharded,
       "compute_dtype": config.compute_dtype,
       "image_shape": list(shape),
-      "streaming": streaming,
+      "streaming": run.streaming,
       "model": config.model,
       "method": config.method,
       "negatives": config.negatives,

@@ -1,12 +1,18 @@
 """Configuration: every field of the package, the dataset presets and their validation.
 
 `configs/*.py` files start from `default_config(preset)` and override a few fields. `validate`
-checks every field (type, range, contradictions) before anything compiles.
+checks every field (type, range, contradictions) before anything compiles; the rules of one
+method (what it requires of the shared fields) are its module's `validate` (methods/<m>.py).
 """
 
 import ml_collections
 
+from mi_contrast import checks
 from mi_contrast import negatives
+from mi_contrast.checks import check_keys as _check_keys
+from mi_contrast.checks import choice as _choice
+from mi_contrast.checks import fail as _fail
+from mi_contrast.checks import number as _number
 
 PRESETS = ("digits", "cifar10", "cifar100", "stl10", "imagenet2012", "fashion_mnist")
 
@@ -15,7 +21,14 @@ def base_config():
   """Every field of the package, with the values of the embedded `digits` preset."""
   c = ml_collections.ConfigDict()
   c.seed = 1337
+  _data_and_encoder_fields(c)
+  _method_fields(c)
+  _ring_and_training_fields(c)
+  return c
 
+
+def _data_and_encoder_fields(c):
+  """base_config: the data and the encoder."""
   # Data. `digits` is scikit-learn's bundled 8x8 digits (no network), upsampled on the device.
   c.dataset = "digits"
   c.data_dir = None            # tfds data_dir; None = tfds's default (honours TFDS_DATA_DIR).
@@ -39,8 +52,11 @@ def base_config():
   c.compute_dtype = "float32"  # float32 | bfloat16: activations (mixed precision); parameters,
                                # BatchNorm statistics, embeddings and the loss stay float32
 
+
+def _method_fields(c):
+  """base_config: the objective, every method's own fields and the memory bank."""
   # Method: which pool, which negatives, which bound (see method-spec.md).
-  c.method = "ir"              # ir | la | cmc | moco | simclr
+  c.method = "ir"              # a name of methods.REGISTRY: ir | la | cmc | moco | simclr
   c.negatives = "uniform"      # uniform | ball | ring
   c.bound = "infonce"          # infonce | nce (IR's original binary NCE)
   c.nce_partition = "per_batch"  # nce: log Z re-estimated every step | first_batch (reference)
@@ -80,6 +96,9 @@ def base_config():
                                # holds 1/num_devices of its rows, and each anchor's band and
                                # negatives come from every shard's own rows (candidates = 0)
 
+
+def _ring_and_training_fields(c):
+  """base_config: the ring, optimisation, evaluation, logging and checkpoints."""
   # The ring (authors' parameterisation): outer fraction rho_o annealed, inner fraction rho_i.
   c.ring = ml_collections.ConfigDict()
   c.ring.schedule = "linear"   # constant | linear | step | exponential | cosine | adaptive
@@ -114,7 +133,6 @@ def base_config():
   c.probe_learning_rate = 0.3
   c.probe_weight_decay = 1e-3
   c.probe_batch_size = 256
-  return c
 
 
 def apply_preset(c, preset):
@@ -197,7 +215,6 @@ def default_config(preset=None):
   return apply_preset(base_config(), preset)
 
 
-METHODS = ("ir", "la", "cmc", "moco", "simclr")
 CMC_WIDTHS = ("full", "half")
 NEGATIVES = ("uniform", "ball", "ring")
 BOUNDS = ("infonce", "nce")
@@ -211,60 +228,44 @@ EVAL_SPLITS = ("test", "validation")
 RING_SCHEDULES = ("constant", "linear", "step", "exponential", "cosine", "adaptive")
 
 
-def _fail(field, value, allowed):
-  raise ValueError(f"config.{field} = {value!r} is not allowed; allowed values: {allowed}.")
-
-
-def _check_keys(config, reference, prefix=""):
-  for key in config.keys():
-    if key not in reference:
-      raise ValueError(f"config.{prefix}{key} is not a known field; known fields: "
-                       f"{', '.join(sorted(reference.keys()))}.")
-    if isinstance(reference[key], ml_collections.ConfigDict):
-      if not isinstance(config[key], ml_collections.ConfigDict):
-        _fail(prefix + key, config[key], "a ConfigDict of fields " + ", ".join(reference[key]))
-      _check_keys(config[key], reference[key], prefix + key + ".")
-  for key in reference.keys():
-    if key not in config:
-      raise ValueError(f"config.{prefix}{key} is missing; start from configs/default.py.")
-
-
-def _number(config, field, low, high, *, integer=False, low_open=False, high_open=False):
-  value = config
-  for part in field.split("."):
-    value = value[part]
-  kind = (int,) if integer else (int, float)
-  if isinstance(value, bool) or not isinstance(value, kind):
-    _fail(field, value, "an integer" if integer else "a number")
-  bad_low = value <= low if low_open else value < low
-  bad_high = high is not None and (value >= high if high_open else value > high)
-  if bad_low or bad_high:
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    _fail(field, value, f"{lo}{low}, {high if high is not None else 'inf'}{hi}")
-  return value
-
-
-def _choice(config, field, allowed):
-  value = config
-  for part in field.split("."):
-    value = value[part]
-  if value not in allowed:
-    _fail(field, value, " | ".join(allowed))
-  return value
+def __getattr__(name):
+  """METHODS: the registered method names (methods.REGISTRY), read when asked for."""
+  if name == "METHODS":
+    from mi_contrast import methods  # pylint: disable=g-import-not-at-top
+    return tuple(methods.REGISTRY)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def validate(config, *, num_devices, num_train=None):
   """Checks every field; raises ValueError naming the field and the allowed values.
+
+  The fields' types and ranges first, then the method's own rules (its module's `validate`)
+  and its view count.
 
   Args:
     config: a ConfigDict built from `default_config`.
     num_devices: devices the global batch is split over.
     num_train: training-set size (the memory bank's rows), when known.
   """
+  from mi_contrast import methods  # pylint: disable=g-import-not-at-top
   _check_keys(config, base_config())
+  _check_choices(config, tuple(methods.REGISTRY))
+  _check_data_and_model(config)
+  _check_objective(config, num_train)
+  _check_method_options(config)
+  _check_ring(config)
+  _check_optimisation(config, num_devices, num_train)
+  _check_evaluation(config)
+  method = methods.get(config.method)
+  methods.num_views(method, config)  # raises for an unsupported count
+  method.validate(config, num_devices=num_devices, num_train=num_train)
+  return config
+
+
+def _check_choices(config, method_names):
+  """Fields with a fixed set of values, and the booleans."""
   _choice(config, "dataset", PRESETS)
-  _choice(config, "method", METHODS)
+  _choice(config, "method", method_names)
   _choice(config, "negatives", NEGATIVES)
   _choice(config, "bound", BOUNDS)
   _choice(config, "model", MODELS)
@@ -283,11 +284,11 @@ def validate(config, *, num_devices, num_train=None):
   _choice(config, "bank_dtype", DTYPES)
   for field in ("download", "sync_batch_norm", "ring.dynamic_inner", "neighbour_views",
                 "bank_sharded"):
-    value = config
-    for part in field.split("."):
-      value = value[part]
-    if not isinstance(value, bool):
-      _fail(field, value, "True | False")
+    checks.boolean(config, field)
+
+
+def _check_data_and_model(config):
+  """The data's and the encoder's fields."""
   if config.data_dir is not None and not isinstance(config.data_dir, str):
     _fail("data_dir", config.data_dir, "None or a directory path")
   _number(config, "seed", 0, None, integer=True)
@@ -299,6 +300,13 @@ def validate(config, *, num_devices, num_train=None):
   _number(config, "width", 1, 4096, integer=True)
   _number(config, "head_hidden", 1, None, integer=True)
   _number(config, "embedding_dim", 1, None, integer=True)
+  if not isinstance(config.views, str) or not all(config.views.split(",")):
+    _fail("views", config.views, "a recipe name from mi_contrast.views.RECIPES, or one name "
+          "per view separated by commas")
+
+
+def _check_objective(config, num_train):
+  """The fields every method's objective reads: temperature, negatives, bound."""
   _number(config, "temperature", 0.0, None, low_open=True)
   _number(config, "bank_momentum", 0.0, 1.0, high_open=True)
   _number(config, "candidates", 0, None, integer=True)
@@ -312,66 +320,22 @@ def validate(config, *, num_devices, num_train=None):
   if config.bound == "nce" and config.negatives != "uniform":
     _fail("bound", config.bound, "infonce with ball or ring negatives (IR's NCE assumes uniform "
           "noise 1/N; set config.negatives = 'uniform' to use it)")
-  pools = {"simclr": "the global batch", "moco": "the queue", "la": "the background "
-           "neighbours"}
-  if config.method in pools and (config.bound != "infonce" or config.candidates):
-    _fail("bound" if config.bound != "infonce" else "candidates",
-          config.bound if config.bound != "infonce" else config.candidates,
-          f"bound = 'infonce' and candidates = 0 for method {config.method!r} (its negatives "
-          f"are {pools[config.method]})")
-  from mi_contrast import methods  # pylint: disable=g-import-not-at-top
-  methods.num_views(methods.get(config.method), config)  # raises for an unsupported count
 
+
+def _check_method_options(config):
+  """The methods' sub-configs' numbers, whatever the method (its rules: methods/<m>.py)."""
+  _number(config, "neighbour_views_warmup_epochs", 0, None, integer=True)
   _number(config, "moco.momentum", 0.0, 1.0, high_open=True)
-  bn_groups = _number(config, "moco.bn_groups", 0, None, integer=True)
+  _number(config, "moco.bn_groups", 0, None, integer=True)
   _number(config, "la.num_clusterings", 1, None, integer=True)
   _number(config, "la.num_clusters", 1, None, integer=True)
   _number(config, "la.kmeans_iterations", 1, None, integer=True)
-  background = _number(config, "la.background", 1, None, integer=True)
+  _number(config, "la.background", 1, None, integer=True)
   _number(config, "la.warmup_epochs", 0, None, integer=True)
-  if config.method == "moco":
-    if config.num_negatives % config.global_batch_size:
-      _fail("num_negatives", config.num_negatives, "a multiple of global_batch_size "
-            f"({config.global_batch_size}) for method 'moco' (the queue length K; each step "
-            "enqueues one global batch of keys)")
-    groups = bn_groups or num_devices
-    if groups % num_devices or config.global_batch_size % groups:
-      _fail("moco.bn_groups", bn_groups, f"0 (one group per device) or a multiple of the "
-            f"device count ({num_devices}) that divides global_batch_size "
-            f"({config.global_batch_size})")
-  if config.neighbour_views and (config.method != "ir" or config.negatives != "ring"
-                                 or config.candidates or config.bound != "infonce"):
-    _fail("neighbour_views", True, "False, or True with method 'ir', negatives 'ring', bound "
-          "'infonce' and candidates = 0 (the inner ball of the exact ring are the extra "
-          "positives)")
-  if config.nce_partition == "first_batch" and config.method != "ir":
-    _fail("nce_partition", config.nce_partition, "'per_batch' for method "
-          f"{config.method!r} ('first_batch' keeps IR's constant Z in its state: method 'ir')")
-  _number(config, "neighbour_views_warmup_epochs", 0, None, integer=True)
-  if config.neighbour_views and config.neighbour_views_warmup_epochs >= config.num_epochs:
-    _fail("neighbour_views_warmup_epochs", config.neighbour_views_warmup_epochs,
-          f"0..{config.num_epochs - 1} (below num_epochs)")
-  if config.method == "la" and config.negatives != "uniform":
-    _fail("negatives", config.negatives, "'uniform' for method 'la' (its negatives are the "
-          "config.la.background nearest bank rows; 'uniform' names the IR warm-up's)")
-  if config.method == "la":
-    if num_train is not None and background >= num_train:
-      _fail("la.background", background, f"1..{num_train - 1} (bank rows other than the anchor)")
-    if num_train is not None and config.la.num_clusters > num_train:
-      _fail("la.num_clusters", config.la.num_clusters, f"1..{num_train} (bank rows)")
-    if config.la.warmup_epochs >= config.num_epochs:
-      _fail("la.warmup_epochs", config.la.warmup_epochs,
-            f"0..{config.num_epochs - 1} (below num_epochs)")
-  if config.bank_sharded and (config.method != "ir" or config.candidates
-                              or config.bound != "infonce" or config.neighbour_views
-                              or config.num_views > 1):
-    _fail("bank_sharded", config.bank_sharded,
-          "False, or True with method 'ir', bound 'infonce', candidates = 0, one view and no "
-          "neighbour views (each shard's rows are the band's candidates)")
-  if not isinstance(config.views, str) or not all(config.views.split(",")):
-    _fail("views", config.views, "a recipe name from mi_contrast.views.RECIPES, or one name "
-          "per view separated by commas")
 
+
+def _check_ring(config):
+  """The ring's fractions and schedule; the band they give is not empty."""
   ring = config.ring
   _number(config, "ring.outer_start", 0.0, 1.0, low_open=True)
   _number(config, "ring.outer", 0.0, 1.0, low_open=True)
@@ -391,6 +355,9 @@ def validate(config, *, num_devices, num_train=None):
             f"ring.dynamic_inner = False, ring.inner must be below both ring.outer_start and "
             f"ring.outer (allowed: 0 <= inner < outer <= 1).")
 
+
+def _check_optimisation(config, num_devices, num_train):
+  """Batch (against the devices and the training set), epochs, learning rate, ..."""
   batch = _number(config, "global_batch_size", 1, None, integer=True)
   if batch % num_devices:
     _fail("global_batch_size", batch, f"a multiple of the device count ({num_devices})")
@@ -403,6 +370,10 @@ def validate(config, *, num_devices, num_train=None):
   _number(config, "warmup_epochs", 0, None, integer=True)
   if config.warmup_epochs >= config.num_epochs:
     _fail("warmup_epochs", config.warmup_epochs, f"0..{config.num_epochs - 1} (below num_epochs)")
+
+
+def _check_evaluation(config):
+  """kNN, logging, checkpoints and the linear probe."""
   _number(config, "knn_k", 1, None, integer=True)
   _number(config, "knn_temperature", 0.0, None, low_open=True)
   for field in ("eval_every_steps", "log_every_steps", "checkpoint_every_steps",
@@ -410,4 +381,3 @@ def validate(config, *, num_devices, num_train=None):
     _number(config, field, 1, None, integer=True)
   _number(config, "probe_learning_rate", 0.0, None, low_open=True)
   _number(config, "probe_weight_decay", 0.0, None)
-  return config

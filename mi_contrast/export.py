@@ -48,9 +48,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from mi_contrast import evaluation_cli
-from mi_contrast import models
-from mi_contrast import train
+from mi_contrast import checkpoints
+from mi_contrast import files
+from mi_contrast import methods
+from mi_contrast import run as run_lib
 
 FORMATS = ("torchvision", "detectron2")
 TORCH_SUFFIXES = (".pt", ".pth")   # torchvision format only: a torch.save state dict
@@ -171,15 +172,14 @@ def _write(payload, output):
   """Writes `payload` atomically: torch.save of torch tensors for .pt/.pth, else a pickle."""
   parent = os.path.dirname(os.path.abspath(output))
   os.makedirs(parent, exist_ok=True)
-  tmp = output + ".tmp"
   if output.endswith(TORCH_SUFFIXES):
     torch = _import_torch(output)
-    torch.save({name: torch.from_numpy(np.ascontiguousarray(value))
-                for name, value in payload.items()}, tmp)
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(value))
+               for name, value in payload.items()}
+    files.atomic_write(output, lambda f: torch.save(tensors, f), binary=True)
   else:
-    with open(tmp, "wb") as f:
-      pickle.dump(payload, f, protocol=PICKLE_PROTOCOL)
-  os.replace(tmp, output)
+    files.atomic_write(output, lambda f: pickle.dump(payload, f, protocol=PICKLE_PROTOCOL),
+                       binary=True)
 
 
 def export_run(workdir, format, output, *, overwrite=False):
@@ -196,19 +196,21 @@ def export_run(workdir, format, output, *, overwrite=False):
       checked before anything loads).
   """
   _check_output(output, format, overwrite)
-  config = evaluation_cli.load_run_config(workdir)
-  if config.method == "cmc":
-    raise ValueError(f"{workdir} is a CMC run: its encoder has two backbones (an L stream and "
-                     "an ab stream, params 'l' and 'ab'), and export writes one ResNet. Export "
-                     "supports the single-backbone methods (ir, la, moco, simclr).")
+  config = checkpoints.load_run_config(workdir)
+  if methods.encoder_kind(config) != "single":
+    raise ValueError(f"{workdir} is a {config.method} run: its encoder has two backbones (an L "
+                     "stream and an ab stream, params 'l' and 'ab'), and export writes one "
+                     "ResNet. Export supports the single-backbone methods (those whose "
+                     "ENCODER is 'single': ir, la, moco, simclr).")
   # Mean and std enter the forward pass only, not the parameters: any value restores the same
   # tree, so the dataset need not be loaded. Digits and Fashion-MNIST are grey, the tfds
   # presets RGB.
   channels = 1 if config.dataset in ("digits", "fashion_mnist") else 3
-  model = models.build_encoder(config, (0.0,) * channels, (1.0,) * channels,
-                               bn_axis_name=train.AXIS)
-  state, step = evaluation_cli.restore_run(workdir, config, model,
-                                           (config.image_size, config.image_size, channels))
+  bank_rows = checkpoints.read_run_record(workdir).get("memory_bank_rows",
+                                                       config.global_batch_size)
+  run = run_lib.build_run(config, bank_rows=bank_rows,
+                          channel_stats=((0.0,) * channels, (1.0,) * channels), training=False)
+  state, step = checkpoints.restore_run(workdir, run)
   payload = export_payload(jax.device_get(state.params), jax.device_get(state.batch_stats),
                            format)
   if jax.process_index() == 0:

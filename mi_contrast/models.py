@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mi_contrast import methods
 from mi_contrast import views
 from mi_contrast.mesh import AXIS
 
@@ -198,10 +199,11 @@ class LabEncoder(nn.Module):
 def build_encoder(config, mean, std, bn_axis_name=AXIS):
   """The encoder a config asks for (ResNet-18/50 use width 64, the digits ResNet config.width).
 
-  Method 'cmc' gets a LabEncoder whose streams have that width ('full') or half of it.
+  A method whose ENCODER is 'lab' (methods.encoder_kind; CMC) gets a LabEncoder whose streams
+  have that width ('full') or half of it (config.cmc.width).
   """
   width = config.width if config.model == "resnet_digits" else 64
-  if config.method == "cmc":
+  if methods.encoder_kind(config) == "lab":
     return LabEncoder(arch=config.model, width=width if config.cmc.width == "full" else
                       max(1, width // 2), stem=config.stem, head_hidden=config.head_hidden,
                       embedding_dim=config.embedding_dim,

@@ -1,4 +1,6 @@
-"""Evaluation: feature extraction, weighted kNN and 1-NN, and the linear probe.
+"""Probes of a network: feature extraction, weighted kNN and 1-NN, the linear probe and the
+few-shot probes; and the protocol that applies them to a run's network, its untrained
+initialisation and raw pixels.
 
 Protocols (method-spec.md section 6):
 - kNN monitor (Wu et al. 2018): weighted kNN on L2-normalised embeddings, k neighbours from the
@@ -191,6 +193,9 @@ def _fit_probe(tx, params, x, y, rng, epochs, steps_per_epoch, batch_size):
 
 FEWSHOT_SHOTS = (1, 5, 10)
 FEWSHOT_DRAWS = 5
+# scikit-learn's C = 1 at n = 1 with 10 classes; chosen on validation rows of the digits
+# training split: accuracy was flat within ~1 point between 0.01 and 0.3 for pixels and random
+# ReLU features.
 FEWSHOT_WEIGHT_DECAY = 0.1
 FEWSHOT_MAX_STEPS = 5000
 _FEWSHOT_E_FOLDS = 16  # Nesterov steps per sqrt(condition number): the gap shrinks by e^-16
@@ -284,9 +289,7 @@ def fewshot_probe(train_features, train_labels, test_features, test_labels, *,
     product. Cost for 10 classes: ~0.2-0.4 s for 60,000 x 784 uint8 pixels and 10,000 test
     images on 2 CPU cores (~0.7 s with the compilation); it grows like classes^3 (n = 10 with 100
     classes is 1,000 rows).
-  - The default weight decay 0.1 (scikit-learn's C = 1 at n = 1 with 10 classes) was chosen on
-    validation rows of the digits training split: accuracy was flat within ~1 point between
-    0.01 and 0.3 for pixels and random ReLU features.
+  - The default weight decay: see FEWSHOT_WEIGHT_DECAY.
 
   Args:
     train_features: [N, ...] training-split features (floats or uint8 pixels).
@@ -309,7 +312,6 @@ def fewshot_probe(train_features, train_labels, test_features, test_labels, *,
   train_features = np.asarray(train_features)
   train_features = train_features.reshape(len(train_features), -1)
   classes = np.unique(train_labels)
-  num_classes = len(classes)
   mean, std = feature_statistics(train_features)
   scale = np.where(std > 1e-8 * max(1.0, float(np.max(std, initial=0.0))), std, 1.0)
   mean, inv_std = mean.astype(np.float32), (1.0 / scale).astype(np.float32)
@@ -317,6 +319,31 @@ def fewshot_probe(train_features, train_labels, test_features, test_labels, *,
   shots = tuple(int(n) for n in shots)
   selections = [(n, rows) for n in shots
                 for rows in fewshot_indices(train_labels, n, num_draws, seed)]
+  problems, selected = _fewshot_problems(train_features, train_labels, classes, selections,
+                                         mean, inv_std, weight_decay)
+  grams, onehot, weights, lipschitz = problems
+  root_kappa = np.sqrt(lipschitz / weight_decay)
+  steps = min(int(max_steps), int(np.ceil(_FEWSHOT_E_FOLDS * root_kappa.max())))
+  coefficients = jax.device_get(_fit_fewshot(
+      jnp.asarray(grams), jnp.asarray(onehot), jnp.asarray(weights),
+      jnp.asarray(1.0 / lipschitz, jnp.float32),
+      jnp.asarray((root_kappa - 1.0) / (root_kappa + 1.0), jnp.float32),
+      jnp.float32(weight_decay), jnp.int32(steps)))
+  accuracy = _fewshot_accuracy(coefficients, selected, mean, inv_std, classes, test_features,
+                               test_labels)
+  results = {}
+  for n in shots:
+    values = accuracy[[i for i, (m, _) in enumerate(selections) if m == n]]
+    results[str(n)] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
+  return results
+
+
+def _fewshot_problems(train_features, train_labels, classes, selections, mean, inv_std,
+                      weight_decay):
+  """The padded problems of every selection: ((grams [S, R, R] of X' = [X, 1], one-hot labels
+  [S, R, C], row weights 1 / rows [S, R], Lipschitz bounds [S]), the standardised rows of each
+  selection)."""
+  num_classes = len(classes)
   width = max(len(rows) for _, rows in selections)
   grams = np.zeros((len(selections), width, width), np.float32)
   onehot = np.zeros((len(selections), width, num_classes), np.float32)
@@ -333,18 +360,18 @@ def fewshot_probe(train_features, train_labels, test_features, test_labels, *,
     # The loss's Hessian is at most 1/2 X'^T X' / rows + weight_decay (X' = [X, 1]).
     top = np.linalg.eigvalsh(gram.astype(np.float64))[-1]
     lipschitz[i] = 0.5 * top / len(rows) + weight_decay
-  root_kappa = np.sqrt(lipschitz / weight_decay)
-  steps = min(int(max_steps), int(np.ceil(_FEWSHOT_E_FOLDS * root_kappa.max())))
-  coefficients = jax.device_get(_fit_fewshot(
-      jnp.asarray(grams), jnp.asarray(onehot), jnp.asarray(weights),
-      jnp.asarray(1.0 / lipschitz, jnp.float32),
-      jnp.asarray((root_kappa - 1.0) / (root_kappa + 1.0), jnp.float32),
-      jnp.float32(weight_decay), jnp.int32(steps)))
+  return (grams, onehot, weights, lipschitz), selected
 
+
+def _fewshot_accuracy(coefficients, selected, mean, inv_std, classes, test_features,
+                      test_labels):
+  """Test top-1 accuracy [S] of each selection's classifier (W = X^T A, b = 1^T A), applied to
+  the raw test features as one matrix product per chunk."""
+  num_classes = len(classes)
   # Classifier i on raw test features: logits = ((t - mean) * inv_std) @ W_i + b_i.
-  dim = train_features.shape[1]
-  kernels = np.empty((dim, len(selections) * num_classes), np.float32)
-  offsets = np.empty((len(selections) * num_classes,), np.float32)
+  dim = selected[0].shape[1]
+  kernels = np.empty((dim, len(selected) * num_classes), np.float32)
+  offsets = np.empty((len(selected) * num_classes,), np.float32)
   for i, x in enumerate(selected):
     a = coefficients[i, :len(x)]
     w = x.T @ a
@@ -353,17 +380,12 @@ def fewshot_probe(train_features, train_labels, test_features, test_labels, *,
     offsets[cols] = a.sum(0) - (mean * inv_std) @ w
   test_x = np.asarray(test_features)
   test_x = test_x.reshape(len(test_x), -1)
-  correct = np.zeros(len(selections))
+  correct = np.zeros(len(selected))
   for start in range(0, len(test_x), 8192):
     logits = test_x[start:start + 8192].astype(np.float32) @ kernels + offsets
-    predicted = classes[logits.reshape(len(logits), len(selections), num_classes).argmax(-1)]
+    predicted = classes[logits.reshape(len(logits), len(selected), num_classes).argmax(-1)]
     correct += (predicted == test_labels[start:start + 8192, None]).sum(0)
-  accuracy = correct / max(len(test_x), 1)
-  results = {}
-  for n in shots:
-    values = accuracy[[i for i, (m, _) in enumerate(selections) if m == n]]
-    results[str(n)] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
-  return results
+  return correct / max(len(test_x), 1)
 
 
 @jax.jit
@@ -405,6 +427,109 @@ def fewshot_table(networks):
           for n in shots}
 
 
-if __name__ == "__main__":
-  from mi_contrast import evaluation_cli
-  evaluation_cli.run()
+# ----------------------------------------------------------------------------------------------
+# The protocol applied to a run's network (method-spec.md section 6).
+# ----------------------------------------------------------------------------------------------
+
+# The few-shot draws' seed: fixed, so every network and every run of a dataset is probed on the
+# same labelled images (fewshot_indices).
+FEWSHOT_SEED = 0
+
+
+def probe_options(config, data):
+  """The linear probe's settings from the config (keyword arguments of `linear_probe`)."""
+  return dict(num_classes=data.num_classes, epochs=config.probe_epochs,
+              learning_rate=config.probe_learning_rate, weight_decay=config.probe_weight_decay,
+              batch_size=config.probe_batch_size, seed=config.seed)
+
+
+def fewshot_protocol(train_x, train_y, test_x, test_y):
+  """`fewshot_probe` with the protocol's settings (n = 1, 5, 10; 5 draws; FEWSHOT_SEED):
+  {str(n): {'mean', 'std'}} test top-1 accuracy."""
+  return fewshot_probe(train_x, train_y, test_x, test_y, shots=FEWSHOT_SHOTS,
+                       num_draws=FEWSHOT_DRAWS, seed=FEWSHOT_SEED)
+
+
+def fewshot_settings():
+  """The few-shot protocol's settings, recorded next to its numbers."""
+  return {"shots": list(FEWSHOT_SHOTS), "num_draws": FEWSHOT_DRAWS,
+          "seed": FEWSHOT_SEED, "weight_decay": FEWSHOT_WEIGHT_DECAY,
+          "features": "standardised with the whole training split's statistics",
+          "networks": ["trained", "random_init", "raw_pixels"]}
+
+
+def split_features(config, model, variables, data, images, mesh):
+  """Features of the labelled train and test splits: ((h, z, labels), (h, z, labels)).
+
+  In-memory data: from the images on the device (`run.device_images`). Streaming data: centre
+  crops read from disk (train and validation splits), each process reading its own shard.
+  """
+  if isinstance(data, input_pipeline.StreamingData):
+    local = config.global_batch_size // jax.process_count()
+    return tuple(extract_features_stream(model, variables, data.eval_batches(split, local), mesh)
+                 for split in ("train", "validation"))
+  train = extract_features(model, variables, images["train"], mesh)
+  test = extract_features(model, variables, images["test"], mesh)
+  return (*train, data.train_labels), (*test, data.test_labels)
+
+
+def knn_probe(config, num_classes, train, test):
+  """kNN and 1-NN top-1 from (h, z, labels) of the train and test splits:
+  {'knn_top1', 'nn1_top1'}."""
+  if config.knn_features == "backbone":
+    train_f, test_f = normalize(train[0]), normalize(test[0])
+  else:
+    train_f, test_f = train[1], test[1]
+  knn, nn1 = knn_accuracy(train_f, train[2], test_f, test[2], k=config.knn_k,
+                          temperature=config.knn_temperature, num_classes=num_classes)
+  return {"knn_top1": knn, "nn1_top1": nn1}
+
+
+def probe_knn(config, model, variables, data, images, mesh):
+  """The kNN monitor of a network during training: {'knn_top1', 'nn1_top1'}."""
+  train, test = split_features(config, model, variables, data, images, mesh)
+  return knn_probe(config, data.num_classes, train, test)
+
+
+def probe_model(config, model, variables, data, images, mesh):
+  """kNN / 1-NN, the linear probe and, for in-memory data, the few-shot probes (backbone
+  features) of a network.
+
+  Returns:
+    {'knn_top1', 'nn1_top1', 'linear_top1', 'linear_top5'} (floats) and, unless the data are
+    streamed, 'fewshot': `fewshot_protocol`'s {str(n): {'mean', 'std'}}.
+  """
+  train, test = split_features(config, model, variables, data, images, mesh)
+  results = knn_probe(config, data.num_classes, train, test)
+  probe = linear_probe(train[0], train[2], test[0], test[2], **probe_options(config, data))
+  results.update(linear_top1=probe["top1"], linear_top5=probe["top5"])
+  if not isinstance(data, input_pipeline.StreamingData):
+    results["fewshot"] = fewshot_protocol(train[0], train[2], test[0], test[2])
+  return results
+
+
+def raw_pixel_probes(config, data, images, *, linear=True):
+  """The linear probe, the weighted kNN and the few-shot probes on raw pixels.
+
+  In-memory data: the flattened images the encoder sees (`run.device_images`: resized to
+  config.image_size), with the protocols of the backbone features (kNN on L2-normalised
+  pixels with config.knn_k and config.knn_temperature). Streamed pixels are never all in
+  memory: every value is None. linear=False skips the linear probe ('linear_top1' None).
+  Returns:
+    {'linear_top1': float, 'knn_top1': float, 'fewshot': {str(n): {'mean', 'std'}}}.
+  """
+  if isinstance(data, input_pipeline.StreamingData):
+    return {"linear_top1": None, "knn_top1": None, "fewshot": None}
+  train_x = np.asarray(images["train"])
+  train_x = train_x.reshape(len(train_x), -1)
+  test_x = np.asarray(images["test"])
+  test_x = test_x.reshape(len(test_x), -1)
+  probe = {"top1": None}
+  if linear:
+    probe = linear_probe(train_x, data.train_labels, test_x, data.test_labels,
+                         **probe_options(config, data))
+  knn, _ = knn_accuracy(normalize(train_x), data.train_labels, normalize(test_x),
+                        data.test_labels, k=config.knn_k, temperature=config.knn_temperature,
+                        num_classes=data.num_classes)
+  return {"linear_top1": probe["top1"], "knn_top1": knn,
+          "fewshot": fewshot_protocol(train_x, data.train_labels, test_x, data.test_labels)}

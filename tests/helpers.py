@@ -20,15 +20,12 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from mi_contrast import config as config_lib
-from mi_contrast import input_pipeline
-from mi_contrast import methods
-from mi_contrast import models
 from mi_contrast import negatives as negatives_lib
-from mi_contrast import train
+from mi_contrast import run as run_lib
+from mi_contrast import step as step_lib
+from mi_contrast.mesh import AXIS
 from mi_contrast.methods import la as la_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,26 +96,15 @@ def checkpoint_steps(workdir):
   return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
-def build_step(config, devices, shard=False):
+def build_step(config, devices):
   """(train state placed on the mesh, the train step, device images, model, data) for one
-  step of `config` on a mesh of `devices`; shard=True splits a sharded bank over them."""
-  mesh = train.make_mesh(devices)
-  replicated = NamedSharding(mesh, P())
-  data = input_pipeline.load_dataset(config)
-  images = input_pipeline.to_device(data.train_images, config.image_size, replicated)
-  mean, std = data.channel_stats()
-  model = models.build_encoder(config, mean, std)
-  method = methods.get(config.method)
-  tx, _ = train.make_optimizer(config, data.num_train)
-  state = train.create_train_state(config, model, tx, method, data.num_train, images.shape[1:])
-  if not shard:
-    step = train.make_train_step(config, model, tx, method, data.num_train, mesh)
-    return jax.device_put(state, replicated), step, images, model, data
-  state = train.shard_bank(config, state, len(devices))
-  step = train.make_train_step(config, model, tx, method, data.num_train, mesh,
-                               state_spec=train.state_specs(config, state))
-  state = jax.device_put(state, train.state_shardings(config, state, mesh))
-  return state, step, images, model, data
+  step of `config` on a mesh of `devices`, built as the trainer builds them (run.build_run); a
+  sharded bank (config.bank_sharded) is split over the devices."""
+  run = run_lib.build_run(config, devices)
+  state = run_lib.create_train_state(run)
+  step = step_lib.make_train_step(run, state_spec=run_lib.state_specs(config, state))
+  state = jax.device_put(state, run_lib.state_shardings(config, state, run.mesh))
+  return state, step, run.images["pretrain"], run.model, run.data
 
 
 def one_step(config, devices):
@@ -182,7 +168,7 @@ class Record:
 
 
 def _device():
-  return jax.lax.axis_index(train.AXIS)
+  return jax.lax.axis_index(AXIS)
 
 
 def _retrace():

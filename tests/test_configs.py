@@ -31,6 +31,28 @@ def test_every_method_has_plain_and_ring_configs():
   assert used == set(methods.REGISTRY)
 
 
+def test_every_method_module_owns_its_facts():
+  """The registry is the list of methods: config.METHODS follows it, and every module gives its
+  encoder kind and its results.json description, which the package's wrappers repeat."""
+  assert config_lib.METHODS == tuple(methods.REGISTRY)
+  for name, module in methods.REGISTRY.items():
+    missing = [attr for attr in methods.REQUIRED if not hasattr(module, attr)]
+    assert not missing, (name, missing)
+    c = config_lib.default_config()
+    c.method = name
+    c.num_negatives = 8 * c.global_batch_size    # MoCo's queue: whole global batches
+    config_lib.validate(c, num_devices=8)
+    assert methods.encoder_kind(c) == ("lab" if name == "cmc" else "single")
+    description = module.describe(c)
+    assert sorted(description) == ["negatives", "objective", "pool"], name
+    assert methods.describe_negatives(c) == (description["negatives"], description["pool"])
+    assert methods.describe_objective(c) == description["objective"]
+  bogus = config_lib.default_config()
+  bogus.method = "bogus"
+  with pytest.raises(ValueError, match="config.method = 'bogus' is not allowed"):
+    config_lib.validate(bogus, num_devices=1)
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
 @pytest.mark.parametrize("preset", config_lib.PRESETS)
 def test_config_validates_for_every_preset(path, preset):
@@ -86,6 +108,15 @@ def test_short_run_learns_and_reports_truthfully(name, tmp_path):
     ("la", "uniform", "la.warmup_epochs", 40),
     ("la", "ring", "negatives", "ring"),
     ("cmc", "uniform", "cmc.width", "quarter"),
+    # Each method's own validate: what it requires of the fields it does not use.
+    ("moco", "uniform", "bound", "nce"),
+    ("simclr", "uniform", "candidates", 100),
+    ("la", "uniform", "bank_sharded", True),
+    ("moco", "uniform", "nce_partition", "first_batch"),
+    ("cmc", "ring", "neighbour_views", True),
+    ("cmc", "ring", "bank_sharded", True),
+    ("ir", "uniform", "neighbour_views", True),
+    ("moco", "uniform", "num_negatives", 1000),
 ])
 def test_bad_method_options_name_the_field(method, negatives, field, value):
   c = config_lib.default_config()

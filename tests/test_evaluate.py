@@ -6,7 +6,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from mi_contrast import config as config_lib
-from mi_contrast import evaluate
+from mi_contrast import probes
 from mi_contrast import input_pipeline
 
 
@@ -19,7 +19,7 @@ def _digits_features():
 def test_linear_probe_agrees_with_sklearn_logistic_regression():
   train_x, train_y, test_x, test_y = _digits_features()
   c = config_lib.default_config()
-  ours = evaluate.linear_probe(train_x, train_y, test_x, test_y, num_classes=10,
+  ours = probes.linear_probe(train_x, train_y, test_x, test_y, num_classes=10,
                                epochs=c.probe_epochs, learning_rate=c.probe_learning_rate,
                                weight_decay=c.probe_weight_decay, batch_size=c.probe_batch_size)
   scaler = StandardScaler().fit(train_x)
@@ -31,8 +31,8 @@ def test_linear_probe_agrees_with_sklearn_logistic_regression():
 
 def test_nearest_neighbour_agrees_with_sklearn():
   train_x, train_y, test_x, test_y = _digits_features()
-  train_f, test_f = evaluate.normalize(train_x), evaluate.normalize(test_x)
-  _, nn1 = evaluate.knn_accuracy(train_f, train_y, test_f, test_y, k=5, temperature=0.07,
+  train_f, test_f = probes.normalize(train_x), probes.normalize(test_x)
+  _, nn1 = probes.knn_accuracy(train_f, train_y, test_f, test_y, k=5, temperature=0.07,
                                  num_classes=10)
   sk = KNeighborsClassifier(1, metric="cosine").fit(train_f, train_y).score(test_f, test_y)
   assert abs(nn1 - sk) < 1e-9
@@ -40,10 +40,10 @@ def test_nearest_neighbour_agrees_with_sklearn():
 
 def test_weighted_knn_matches_a_direct_numpy_vote():
   rng = np.random.RandomState(0)
-  train = evaluate.normalize(rng.randn(200, 8))
-  test = evaluate.normalize(rng.randn(50, 8))
+  train = probes.normalize(rng.randn(200, 8))
+  test = probes.normalize(rng.randn(50, 8))
   train_y, test_y = rng.randint(0, 3, 200), rng.randint(0, 3, 50)
-  knn, _ = evaluate.knn_accuracy(train, train_y, test, test_y, k=7, temperature=0.1,
+  knn, _ = probes.knn_accuracy(train, train_y, test, test_y, k=7, temperature=0.1,
                                  num_classes=3)
   sims = test @ train.T
   top = np.argsort(-sims, axis=1)[:, :7]

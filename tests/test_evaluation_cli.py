@@ -12,11 +12,10 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from mi_contrast import checkpoints
 from mi_contrast import evaluation_cli
-from mi_contrast import input_pipeline
-from mi_contrast import methods
-from mi_contrast import models
-from mi_contrast import train
+from mi_contrast import results as results_lib
+from mi_contrast import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,23 +59,22 @@ def test_cli_evaluates_the_newest_checkpoint(stopped_run):
 def test_restore_run_matches_the_trainers_restore(stopped_run):
   """The state shapes read from the checkpoint give what the trainer's own restore gives."""
   workdir, config = stopped_run
-  loaded = evaluation_cli.load_run_config(str(workdir))
+  loaded = checkpoints.load_run_config(str(workdir))
   assert loaded.to_dict() == config.to_dict()
-  model = models.build_encoder(config, (0.5,), (0.25,), bn_axis_name=train.AXIS)
-  state, step = evaluation_cli.restore_run(str(workdir), loaded, model, (16, 16, 1))
+  # Without the dataset: the bank's shapes come from the checkpoint.
+  bare = run_lib.build_run(loaded, bank_rows=config.global_batch_size,
+                           channel_stats=((0.5,), (0.25,)), training=False)
+  state, step = checkpoints.restore_run(str(workdir), bare)
   assert step == 2
 
   # The trainer's way: the training-set size from the data.
-  data = input_pipeline.load_dataset(config)
-  method = methods.get(config.method)
-  tx, _ = train.make_optimizer(config, data.num_train)
-  target = jax.eval_shape(lambda: train.create_train_state(
-      config, model, tx, method, data.num_train, (16, 16, 1)))
-  reference, reference_step = train.restore_latest(
-      train.checkpoint_manager(str(workdir), config), target,
-      NamedSharding(train.make_mesh(), P()))
+  run = run_lib.build_run(config)
+  target = jax.eval_shape(lambda: run_lib.create_train_state(run))
+  reference, reference_step = checkpoints.restore_latest(
+      checkpoints.checkpoint_manager(str(workdir), config), target,
+      NamedSharding(run.mesh, P()))
   assert reference_step == 2
-  assert train.params_digest(state.params) == train.params_digest(reference.params)
+  assert results_lib.params_digest(state.params) == results_lib.params_digest(reference.params)
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(reference)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -101,7 +99,7 @@ def test_run_config_from_an_older_or_newer_version(stopped_run, tmp_path):
   (tmp_path / "older").mkdir()
   with open(tmp_path / "older" / "config.json", "w") as f:
     json.dump(saved, f)
-  loaded = evaluation_cli.load_run_config(str(tmp_path / "older"))
+  loaded = checkpoints.load_run_config(str(tmp_path / "older"))
   assert loaded.knn_temperature == config.knn_temperature
   assert loaded.ring.adaptive_delta == config.ring.adaptive_delta
   assert loaded.negatives == config.negatives and loaded.width == config.width
@@ -111,4 +109,4 @@ def test_run_config_from_an_older_or_newer_version(stopped_run, tmp_path):
   with open(tmp_path / "newer" / "config.json", "w") as f:
     json.dump(saved, f)
   with pytest.raises(ValueError, match="bank_size is not a known field"):
-    evaluation_cli.load_run_config(str(tmp_path / "newer"))
+    checkpoints.load_run_config(str(tmp_path / "newer"))

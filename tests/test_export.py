@@ -19,8 +19,6 @@ import pytest
 
 from mi_contrast import export
 from mi_contrast import models
-from mi_contrast import train
-from helpers import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

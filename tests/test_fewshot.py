@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from mi_contrast import evaluate
+from mi_contrast import probes
 from mi_contrast import input_pipeline
 from mi_contrast import report
 
@@ -31,9 +31,9 @@ def _separable(num_train=1000, num_test=1000, dim=32, num_classes=10, spread=2.5
 def test_draws_are_fixed_n_per_class_and_differ_between_draws():
   labels = _labels()
   for shots in (1, 5, 10):
-    draws = evaluate.fewshot_indices(labels, shots, 5, seed=0)
+    draws = probes.fewshot_indices(labels, shots, 5, seed=0)
     assert len(draws) == 5
-    again = evaluate.fewshot_indices(list(labels), shots, 5, seed=0)
+    again = probes.fewshot_indices(list(labels), shots, 5, seed=0)
     for a, b in zip(draws, again):
       np.testing.assert_array_equal(a, b)
     for draw, rows in enumerate(draws):
@@ -47,32 +47,32 @@ def test_draws_are_fixed_n_per_class_and_differ_between_draws():
       np.testing.assert_array_equal(rows, expected)
     as_sets = [frozenset(rows.tolist()) for rows in draws]
     assert len(set(as_sets)) == 5, "every draw differs"
-    other_seed = evaluate.fewshot_indices(labels, shots, 5, seed=1)
+    other_seed = probes.fewshot_indices(labels, shots, 5, seed=1)
     assert all(frozenset(a.tolist()) != frozenset(b.tolist())
                for a, b in zip(draws, other_seed))
   with pytest.raises(ValueError, match="fewer"):
-    evaluate.fewshot_indices(_labels(num=50), 6, 1)
+    probes.fewshot_indices(_labels(num=50), 6, 1)
 
 
 def test_every_network_is_probed_on_the_same_draws(monkeypatch):
   labels = _labels(num=300)
   test_labels = _labels(num=100, seed=1)
   seen = []
-  original = evaluate.fewshot_indices
+  original = probes.fewshot_indices
 
   def spy(*args, **kwargs):
     draws = original(*args, **kwargs)
     seen.append([d.copy() for d in draws])
     return draws
 
-  monkeypatch.setattr(evaluate, "fewshot_indices", spy)
+  monkeypatch.setattr(probes, "fewshot_indices", spy)
   rng = np.random.RandomState(0)
   networks = [(rng.randn(300, 8), rng.randn(100, 8)),       # a network's features
               (rng.randn(300, 64), rng.randn(100, 64)),     # another one's
               (rng.randint(0, 256, (300, 16, 16, 3)).astype(np.uint8),  # raw pixels
                rng.randint(0, 256, (100, 16, 16, 3)).astype(np.uint8))]
   for train_x, test_x in networks:
-    evaluate.fewshot_probe(train_x, labels, test_x, test_labels, seed=3)
+    probes.fewshot_probe(train_x, labels, test_x, test_labels, seed=3)
   assert len(seen) == 3 * 3  # one call per n and network
   for first, later in zip(seen[:3], seen[3:6] + seen[6:]):
     assert len(first) == 5
@@ -83,7 +83,7 @@ def test_every_network_is_probed_on_the_same_draws(monkeypatch):
 
 
 def _standardised(train_x, test_x):
-  mean, std = evaluate.feature_statistics(train_x)
+  mean, std = probes.feature_statistics(train_x)
   scale = np.where(std > 1e-8 * max(1.0, std.max()), std, 1.0)
   return (train_x - mean) / scale, (test_x - mean) / scale
 
@@ -95,9 +95,9 @@ def _sklearn_fewshot(train_x, train_y, test_x, test_y, *, same_objective):
   out = {}
   for n in (1, 5, 10):
     accuracies = []
-    for rows in evaluate.fewshot_indices(train_y, n, 5, seed=0):
+    for rows in probes.fewshot_indices(train_y, n, 5, seed=0):
       if same_objective:  # the probe's objective: a penalised bias, C = 1 / (wd * rows)
-        model = LogisticRegression(C=1.0 / (evaluate.FEWSHOT_WEIGHT_DECAY * len(rows)),
+        model = LogisticRegression(C=1.0 / (probes.FEWSHOT_WEIGHT_DECAY * len(rows)),
                                    fit_intercept=False, max_iter=10000, tol=1e-6)
         accuracies.append(model.fit(ones(train_s[rows]), train_y[rows])
                           .score(ones(test_s), test_y))
@@ -117,7 +117,7 @@ def test_fewshot_probe_agrees_with_sklearn_logistic_regression(source):
     flat = lambda x: x.reshape(len(x), -1)
     train_x, train_y = flat(data.train_images), data.train_labels
     test_x, test_y = flat(data.test_images), data.test_labels
-  ours = evaluate.fewshot_probe(train_x, train_y, test_x, test_y)
+  ours = probes.fewshot_probe(train_x, train_y, test_x, test_y)
   same = _sklearn_fewshot(train_x, train_y, test_x, test_y, same_objective=True)
   default = _sklearn_fewshot(train_x, train_y, test_x, test_y, same_objective=False)
   for n in SHOTS:
@@ -130,30 +130,30 @@ def test_fewshot_probe_agrees_with_sklearn_logistic_regression(source):
 
 def test_fewshot_probe_and_table_shapes():
   train_x, train_y, test_x, test_y = _separable(num_train=300, num_test=200, dim=16)
-  probe = evaluate.fewshot_probe(train_x, train_y, test_x, test_y)
+  probe = probes.fewshot_probe(train_x, train_y, test_x, test_y)
   assert list(probe) == list(SHOTS)
   for n in SHOTS:
     assert set(probe[n]) == {"mean", "std"}
     assert all(type(v) is float for v in probe[n].values())
     assert 0.0 <= probe[n]["mean"] <= 1.0 and 0.0 <= probe[n]["std"] <= 0.5
-  again = evaluate.fewshot_probe(train_x, train_y, test_x, test_y)
+  again = probes.fewshot_probe(train_x, train_y, test_x, test_y)
   assert again == probe  # deterministic
-  other = evaluate.fewshot_probe(train_x[:, ::-1] * 2 + 1, train_y, test_x[:, ::-1] * 2 + 1,
+  other = probes.fewshot_probe(train_x[:, ::-1] * 2 + 1, train_y, test_x[:, ::-1] * 2 + 1,
                                  test_y)  # standardised: the same features, reordered
   for n in SHOTS:
     assert other[n]["mean"] == pytest.approx(probe[n]["mean"], abs=2 / len(test_y))
-  one_draw = evaluate.fewshot_probe(train_x, train_y, test_x, test_y, shots=(2,), num_draws=1)
+  one_draw = probes.fewshot_probe(train_x, train_y, test_x, test_y, shots=(2,), num_draws=1)
   assert list(one_draw) == ["2"] and one_draw["2"]["std"] == 0.0
 
-  table = evaluate.fewshot_table({"trained": probe, "random_init": other, "raw_pixels": probe})
+  table = probes.fewshot_table({"trained": probe, "random_init": other, "raw_pixels": probe})
   assert list(table) == list(SHOTS)
   for n in SHOTS:
     assert list(table[n]) == list(NETWORKS)
     assert table[n]["random_init"] == other[n]
   assert json.loads(json.dumps(table)) == table
-  assert list(evaluate.fewshot_table({"trained": probe, "raw_pixels": None})["5"]) == ["trained"]
+  assert list(probes.fewshot_table({"trained": probe, "raw_pixels": None})["5"]) == ["trained"]
   with pytest.raises(ValueError, match="weight_decay"):
-    evaluate.fewshot_probe(train_x, train_y, test_x, test_y, weight_decay=0.0)
+    probes.fewshot_probe(train_x, train_y, test_x, test_y, weight_decay=0.0)
 
 
 def test_report_shows_the_fewshot_table(tmp_path):

@@ -69,7 +69,7 @@ def test_la_with_every_image_its_own_cluster_is_ball():
   state = {"bank": bank, "labels": labels}
   band = methods.Band(jnp.float32(0.0), jnp.float32(1.0))
   via_method = la.objective(config, z[None], rows, state, jax.random.PRNGKey(0), band,
-                            {"warmup": jnp.bool_(False)})
+                            la.LATargets(warmup=jnp.bool_(False)))
   np.testing.assert_allclose(via_method.value, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -102,9 +102,9 @@ def test_refit_at_the_first_la_step_and_once_per_epoch():
     return la.prepare(config, state, ctx)
 
   targets, same = prepared(7, state)                  # warm-up: IR, no clustering
-  assert bool(targets["warmup"]) and np.all(np.asarray(same["labels"]) == 0)
+  assert bool(targets.warmup) and np.all(np.asarray(same["labels"]) == 0)
   targets, fitted = prepared(8, state)                # first LA step: refit
-  assert not bool(targets["warmup"]) and len(np.unique(fitted["labels"])) > 1
+  assert not bool(targets.warmup) and len(np.unique(fitted["labels"])) > 1
   _, kept = prepared(9, fitted)                       # within the epoch: kept
   np.testing.assert_array_equal(kept["labels"], fitted["labels"])
   _, refit = prepared(12, fitted)                     # next epoch: refit

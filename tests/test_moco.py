@@ -4,17 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mi_contrast import config as config_lib
-from mi_contrast import input_pipeline
 from mi_contrast import memory
 from mi_contrast import methods
 from mi_contrast import models
-from mi_contrast import train
+from mi_contrast.mesh import make_mesh
 from mi_contrast.methods import moco
-from helpers import assert_devices_agree, tiny_config
+from helpers import assert_devices_agree, build_step, tiny_config
 
 
 def _config(negatives="uniform", **overrides):
@@ -34,7 +32,7 @@ def test_shuffled_keys_equal_per_group_batch_norm_of_the_permuted_batch(devices)
   model, variables = _model_and_variables(config)
   images = jax.random.uniform(jax.random.PRNGKey(1), (64, 16, 16, 3))
   rng = jax.random.PRNGKey(2)
-  mesh = train.make_mesh(jax.devices()[:devices])
+  mesh = make_mesh(jax.devices()[:devices])
   fn = lambda x: moco.shuffled_keys(config, model, variables, x, rng)
   keys, stats = jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P("batch"),
                                       out_specs=(P("batch"), P()), check_vma=False))(images)
@@ -56,8 +54,8 @@ def test_shuffled_keys_equal_per_group_batch_norm_of_the_permuted_batch(devices)
 
 def test_queue_is_fifo():
   config = _config(num_negatives=8, global_batch_size=4, embedding_dim=2)
-  mesh = train.make_mesh(jax.devices()[:1])
-  fn = lambda s, k: moco.update_state(config, s, None, None, k)
+  mesh = make_mesh(jax.devices()[:1])
+  fn = lambda s, k: moco.update_state(config, s, None, None, moco.MocoTargets(k))
   enqueue = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P()), out_specs=P(), check_vma=False)
   state = {"queue": jnp.zeros((8, 2)), "queue_ptr": jnp.int32(4)}
   first, second = jnp.arange(8.0).reshape(4, 2), -jnp.arange(8.0).reshape(4, 2)
@@ -81,16 +79,8 @@ def test_one_device_and_eight_devices_agree():
 
 def test_key_encoder_is_the_ema_of_the_query_encoder():
   config = _config(**{"moco.momentum": 0.9})
-  mesh = train.make_mesh(jax.devices()[:1])
-  replicated = NamedSharding(mesh, P())
-  data = input_pipeline.load_dataset(config)
-  images = input_pipeline.to_device(data.train_images, config.image_size, replicated)
-  model = models.build_encoder(config, *data.channel_stats())
-  method = methods.get("moco")
-  tx, _ = train.make_optimizer(config, data.num_train)
-  state = train.create_train_state(config, model, tx, method, data.num_train, images.shape[1:])
-  step = train.make_train_step(config, model, tx, method, data.num_train, mesh)
-  state, _ = step(jax.device_put(state, replicated), images)
+  state, step, images, _, _ = build_step(config, jax.devices()[:1])
+  state, _ = step(state, images)
   p1 = jax.device_get(state.params)
   key1 = jax.device_get(state.method_state["key_params"])   # EMA of p0 with p0: p0
   state, metrics = step(state, images)
@@ -112,7 +102,8 @@ def test_loss_decreases_under_a_few_gradient_steps():
   w = jax.random.normal(jax.random.PRNGKey(5), (1, 16, 8))
 
   def loss(w):
-    out = moco.objective(config, memory.l2_normalize(w), None, state, None, band, keys)
+    out = moco.objective(config, memory.l2_normalize(w), None, state, None, band,
+                         moco.MocoTargets(keys))
     return -jnp.mean(out.value)
 
   losses = []

@@ -15,7 +15,9 @@ from mi_contrast import config as config_lib
 from mi_contrast import methods
 from mi_contrast import negatives
 from mi_contrast.methods import sharded_bank
+from mi_contrast import step as step_lib
 from mi_contrast import train
+from mi_contrast.mesh import make_mesh
 from helpers import build_step, tiny_config
 
 
@@ -79,7 +81,7 @@ def test_loop_steps_do_not_synchronise_with_the_host(tmp_path, monkeypatch):
   assert float(jax.numpy.ones(())) == 1.0 and reads.reads == ["value"]
   reads.active, reads.reads = False, []
 
-  real_step = train.make_train_step
+  real_step = step_lib.make_train_step
 
   def syncing_step(*args, **kwargs):
     step = real_step(*args, **kwargs)
@@ -91,7 +93,7 @@ def test_loop_steps_do_not_synchronise_with_the_host(tmp_path, monkeypatch):
 
     return run
 
-  monkeypatch.setattr(train, "make_train_step", syncing_step)
+  monkeypatch.setattr(step_lib, "make_train_step", syncing_step)
   train.train_and_evaluate(config, str(tmp_path / "syncing"), stop_after_steps=2)
   assert reads.reads, "the host read inside the step was not detected"
 
@@ -109,8 +111,8 @@ def test_transfer_guard_stops_host_values_entering_a_step():
 # ----------------------------------------------------------------------------------------------
 
 
-def _one_step(config, devices, shard=False):
-  state, step, images, model, data = build_step(config, devices, shard)
+def _one_step(config, devices):
+  state, step, images, model, data = build_step(config, devices)
   new_state, metrics = step(state, images)
   return jax.device_get(metrics), new_state, model, data
 
@@ -156,7 +158,7 @@ def test_sharded_bank_places_rows_by_a_fixed_permutation_and_updates_like_the_re
   config = tiny_config("ring")
   _, replicated, _, data = _one_step(config, jax.devices())
   config.bank_sharded = True
-  metrics, sharded, _, _ = _one_step(config, jax.devices(), shard=True)
+  metrics, sharded, _, _ = _one_step(config, jax.devices())
   n = data.num_train
   bank = sharded.method_state["bank"]
   per_device = sharded_bank.rows_per_shard(n, 8)
@@ -182,7 +184,7 @@ def test_sharded_bank_places_rows_by_a_fixed_permutation_and_updates_like_the_re
 def test_sharded_bank_objective_scores_each_shard_band():
   """Positives come from the row's shard; each shard's negatives lie in that shard's band."""
   devices = jax.devices()
-  mesh = train.make_mesh(devices)
+  mesh = make_mesh(devices)
   config = tiny_config("ring", bank_sharded=True, num_negatives=16)
   rng = np.random.default_rng(0)
   n, dim, b = 160, 8, 16

@@ -9,13 +9,13 @@ from jax.sharding import PartitionSpec as P
 
 from mi_contrast import methods
 from mi_contrast import memory
-from mi_contrast import train
+from mi_contrast.mesh import make_mesh
 from helpers import assert_devices_agree, tiny_config
 
 
 def _objective(config, z, band=None):
   """The method's objective on one device (axis 'batch' of size 1)."""
-  mesh = train.make_mesh(jax.devices()[:1])
+  mesh = make_mesh(jax.devices()[:1])
   band = band or methods.Band(jnp.float32(0.0), jnp.float32(1.0))
   fn = lambda z: methods.get("simclr").objective(config, z, None, {}, None, band, None)
   return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False))(z)

@@ -16,8 +16,13 @@ from jax.sharding import PartitionSpec as P
 
 from mi_contrast import bounds
 from mi_contrast import input_pipeline
+from mi_contrast import checkpoints
+from mi_contrast import probes
+from mi_contrast import results as results_lib
+from mi_contrast import run as run_lib
 from mi_contrast import train
 from mi_contrast import workdir_lock
+from mi_contrast.mesh import AXIS, make_mesh
 from mi_contrast.methods import ir
 from helpers import tiny_config
 
@@ -48,12 +53,12 @@ def test_finished_run_returns_saved_results_without_probing_and_reevaluate_probe
   path = os.path.join(workdir, "results.json")
   on_disk = open(path).read()
   saved = json.loads(on_disk)
-  assert saved["config_sha256"] == train._config_digest(config)
+  assert saved["config_sha256"] == results_lib.config_digest(config)
 
   with monkeypatch.context() as m:  # nothing is probed, nor even loaded
-    for name in ("probe_model", "probe_knn", "raw_pixel_probes", "split_features",
-                 "device_images"):
-      m.setattr(train, name, _raise(AssertionError(f"train.{name} was called")))
+    for name in ("probe_model", "probe_knn", "raw_pixel_probes", "split_features"):
+      m.setattr(probes, name, _raise(AssertionError(f"probes.{name} was called")))
+    m.setattr(run_lib, "device_images", _raise(AssertionError("run.device_images was called")))
     m.setattr(input_pipeline, "load_dataset", _raise(AssertionError("the data were loaded")))
     again = train.train_and_evaluate(config, workdir)
   assert again.reused and not again.preempted
@@ -62,19 +67,17 @@ def test_finished_run_returns_saved_results_without_probing_and_reevaluate_probe
   assert not os.path.exists(workdir_lock.lock_path(workdir))
 
   # Not this run's results: the digests are checked without probing, and any mismatch probes.
-  manager = train.checkpoint_manager(workdir, config)
-  method = train.methods.get(config.method)
-  mesh = train.make_mesh()
-  assert train._saved_results(config, workdir, manager, method, mesh) == again.results
-  assert train._saved_results(tiny_config("ring", num_epochs=1, global_batch_size=512,
-                                          probe_epochs=2), workdir, manager, method, mesh) is None
+  manager = checkpoints.checkpoint_manager(workdir, config)
+  assert results_lib.saved_results(config, workdir, manager) == again.results
+  assert results_lib.saved_results(tiny_config("ring", num_epochs=1, global_batch_size=512,
+                                               probe_epochs=2), workdir, manager) is None
   with open(path, "w") as f:
     json.dump(dict(saved, params_sha256="0" * 64), f)
-  assert train._saved_results(config, workdir, manager, method, mesh) is None
+  assert results_lib.saved_results(config, workdir, manager) is None
   with open(path, "w") as f:
     f.write(on_disk)
 
-  monkeypatch.setattr(train, "probe_model", _raise(Probed()))
+  monkeypatch.setattr(probes, "probe_model", _raise(Probed()))
   with pytest.raises(Probed):
     train.train_and_evaluate(config, workdir, reevaluate=True)
   assert not os.path.exists(workdir_lock.lock_path(workdir))  # released after an exception
@@ -105,9 +108,9 @@ def _anchors_and_bank(seed=0, per_device=4, rows=50, dim=16):
 
 
 def _sharded_log_z(z, bank, tau):
-  mesh = train.make_mesh()
+  mesh = make_mesh()
   fn = jax.shard_map(lambda z, bank: ir.partition_estimate(z, bank, tau), mesh=mesh,
-                     in_specs=(P(train.AXIS), P()), out_specs=P(), check_vma=False)
+                     in_specs=(P(AXIS), P()), out_specs=P(), check_vma=False)
   return float(jax.jit(fn)(z, bank))
 
 

@@ -46,10 +46,10 @@ except ImportError:
   pytest.skip("torch is not installed (pip install -e \".[torch]\"): the PyTorch equivalence "
               "of the torchvision export is not checked.", allow_module_level=True)
 
-from mi_contrast import evaluation_cli
+from mi_contrast import checkpoints
 from mi_contrast import export
 from mi_contrast import models
-from mi_contrast import train
+from mi_contrast import run as run_lib
 
 RTOL = 1e-4          # max |h_torch - h_flax| <= RTOL * max |h_flax|
 BN_EPS = 1e-5
@@ -270,11 +270,14 @@ def _perturbed_run(tiny_run, tmp_path):
   workdir, _ = tiny_run
   run = str(tmp_path / "run")
   shutil.copytree(workdir, run)
-  config = evaluation_cli.load_run_config(run)
+  config = checkpoints.load_run_config(run)
   assert config.model == "resnet_digits" and config.method != "cmc"
   encoder = models.build_encoder(config, MEAN, STD, bn_axis_name=None)
   image_shape = (config.image_size, config.image_size, 1)
-  state, step = evaluation_cli.restore_run(run, config, encoder, image_shape)
+  built = run_lib.build_run(config, bank_rows=config.global_batch_size,
+                            channel_stats=(MEAN, STD), training=False)
+  assert built.image_shape == image_shape
+  state, step = checkpoints.restore_run(run, built)
   assert step == 2
   block, stages = models.ARCHITECTURES[config.model]
   layout = dict(stages=stages, bottleneck=block == "bottleneck", width=encoder.width,
@@ -284,7 +287,7 @@ def _perturbed_run(tiny_run, tmp_path):
   params, stats = _numpy_tree(state.params), _numpy_tree(state.batch_stats)
   params["backbone"], stats["backbone"] = perturb_batch_norm(
       models.ResNet(**layout), params["backbone"], stats["backbone"], calibration, seed=3)
-  manager = train.checkpoint_manager(run, config)
+  manager = checkpoints.checkpoint_manager(run, config)
   new_state = state.replace(params=params, batch_stats=stats)
   manager.save(3, args=ocp.args.StandardSave(flax_serialization.to_state_dict(new_state)),
                force=True)

@@ -11,6 +11,7 @@ import pytest
 
 from mi_contrast import config as config_lib
 from mi_contrast import methods
+from mi_contrast import run as run_lib
 from mi_contrast import train
 import helpers
 from helpers import REPO, assert_devices_agree, child_xla_flags, tiny_config
@@ -121,9 +122,9 @@ def test_main_runs_without_tensorflow(tmp_path):
 
 def test_view_recipes_one_name_or_one_per_view():
   method = methods.get("ir")
-  assert train.view_recipes(tiny_config(views="digits_crop"), method) == ["digits_crop"]
+  assert run_lib.view_recipes(tiny_config(views="digits_crop"), method) == ["digits_crop"]
   with pytest.raises(ValueError, match="give one name, or 1 names"):
-    train.view_recipes(tiny_config(views="digits,digits_crop"), method)
+    run_lib.view_recipes(tiny_config(views="digits,digits_crop"), method)
   with pytest.raises(ValueError, match="config.views"):
     config_lib.validate(tiny_config(views="digits,"), num_devices=1)
 

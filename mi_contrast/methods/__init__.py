@@ -1,15 +1,27 @@
 """Contrastive methods by name. Each module reads top to bottom as its method's math.
 
-A method module provides:
+A method module owns every fact about its method; nothing outside methods/ knows a method by
+name. Adding one is one module and one line in REGISTRY below, or, from outside the package,
+`methods.register(name, module)`. A method module provides:
   VIEWS: (default, minimum, maximum) views per image and step; config.num_views = 0 takes
     the default, another value must lie in [minimum, maximum].
   ONLINE_VIEWS: how many of the leading views the online encoder embeds with gradients
     (None: all of them; MoCo: 1, its second view goes to the key encoder).
+  ENCODER: the encoder it embeds with: 'single' (models.ContrastiveEncoder, z [n, D]) or 'lab'
+    (models.LabEncoder: L and ab streams, z [n, 2, D]; CMC).
+  validate(config, *, num_devices, num_train) -> None: the method's own config rules (what it
+    requires of the shared fields: bound, candidates, negatives, its own sub-config, ...),
+    raising ValueError through mi_contrast.checks (num_train may be None). config.validate
+    checks every field's type and range first, then calls this.
+  describe(config) -> {'negatives': str, 'pool': str, 'objective': str}: what results.json
+    reports (which selection of negatives, from which pool, what training maximises).
   init_state(rng, config, num_train, variables) -> pytree (bank, queue, key encoder, ...),
     checkpointed with the train state; `variables` are the online encoder's initial
     {'params', 'batch_stats'}.
   prepare(config, state, ctx) -> (targets, state)   [optional]: work before the gradient, without
-    gradients (MoCo: the EMA and the keys; LA: the k-means refit), ctx a StepContext.
+    gradients (MoCo: the EMA and the keys; LA: the k-means refit), ctx a StepContext. targets is
+    a NamedTuple of the method's module (IRTargets, LATargets, MocoTargets), passed through the
+    trainer untouched; None for a method without prepare.
   objective(config, z, indices, state, rng, band, targets) -> Objective, per device inside the
     step; z [V_online, b, ...] unit embeddings.
   update_state(config, state, all_indices, all_z, targets) -> new state, from the all-gathered
@@ -24,6 +36,36 @@ from mi_contrast.methods import simclr
 from mi_contrast.methods.base import Band, Objective, StepContext
 
 REGISTRY = {"ir": ir, "la": la, "cmc": cmc, "moco": moco, "simclr": simclr}
+
+REQUIRED = ("VIEWS", "ONLINE_VIEWS", "ENCODER", "validate", "describe", "init_state",
+            "objective", "update_state")
+ENCODERS = ("single", "lab")
+
+
+def register(name, module):
+  """Adds a method (a module or any object with the attributes above) under `name`.
+
+  Raises ValueError on a name already registered or a method missing an attribute.
+  """
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"methods.register: the name must be a non-empty string, not {name!r}.")
+  if name in REGISTRY:
+    raise ValueError(f"methods.register: a method {name!r} is already registered "
+                     f"({' | '.join(REGISTRY)}); unregister it first or choose another name.")
+  missing = [attr for attr in REQUIRED if not hasattr(module, attr)]
+  if missing:
+    raise ValueError(f"methods.register: method {name!r} lacks {', '.join(missing)} (a method "
+                     f"provides {', '.join(REQUIRED)}; see mi_contrast/methods/__init__.py).")
+  if module.ENCODER not in ENCODERS:
+    raise ValueError(f"methods.register: method {name!r} has ENCODER = {module.ENCODER!r}; "
+                     f"allowed values: {' | '.join(ENCODERS)}.")
+  REGISTRY[name] = module
+  return module
+
+
+def unregister(name):
+  """Removes a registered method; returns it (KeyError if there is none of that name)."""
+  return REGISTRY.pop(name)
 
 
 def get(name):
@@ -58,27 +100,31 @@ def prepare(method, config, state, ctx):
   return None, state
 
 
+def encoder_kind(config):
+  """'single' or 'lab': the encoder config.method embeds with (models.build_encoder)."""
+  return get(config.method).ENCODER
+
+
+def describe(config):
+  """{'negatives', 'pool', 'objective'} of config.method, as results.json reports them."""
+  return get(config.method).describe(config)
+
+
 def describe_negatives(config):
   """(negatives, pool) as results.json reports them: which selection, from which pool.
 
   LA's negatives are its background neighbours ('background'), whatever config.negatives says
   (that names its IR warm-up's).
   """
-  if config.method == "la":
-    return "background", f"the {config.la.background} nearest bank rows"
-  pool = {"ir": "memory bank", "cmc": "the other view's memory bank", "moco": "queue",
-          "simclr": "global batch"}
-  return config.negatives, pool[config.method]
+  description = describe(config)
+  return description["negatives"], description["pool"]
 
 
 def describe_objective(config):
   """What training maximises: 'infonce', 'nce' (IR's), 'la' or 'neighbour_views'."""
-  if config.method == "la":
-    return "la"
-  if config.neighbour_views:
-    return "neighbour_views"
-  return config.bound
+  return describe(config)["objective"]
 
 
-__all__ = ["Band", "Objective", "REGISTRY", "StepContext", "describe_negatives",
-           "describe_objective", "get", "num_views", "online_views", "prepare"]
+__all__ = ["Band", "ENCODERS", "Objective", "REGISTRY", "REQUIRED", "StepContext", "describe",
+           "describe_negatives", "describe_objective", "encoder_kind", "get", "num_views",
+           "online_views", "prepare", "register", "unregister"]

@@ -20,11 +20,25 @@ import jax
 import jax.numpy as jnp
 
 from mi_contrast import memory
+from mi_contrast.methods import base
 from mi_contrast.methods import ir
 from mi_contrast.methods.base import Objective
 
 VIEWS = (1, 1, 1)
 ONLINE_VIEWS = None
+ENCODER = "lab"   # models.LabEncoder: one view in, (L, ab) embeddings out
+
+
+def validate(config, *, num_devices, num_train):
+  """CMC takes IR's bank options (bound infonce or nce, candidates), not IR's own ones."""
+  del num_devices, num_train
+  base.reject_ir_options(config)
+
+
+def describe(config):
+  """Negatives from the other view's memory bank; the objective is the bound."""
+  return {"negatives": config.negatives, "pool": "the other view's memory bank",
+          "objective": config.bound}
 
 
 def init_state(rng, config, num_train, variables):

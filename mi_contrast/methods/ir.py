@@ -21,20 +21,53 @@ M[i] <- normalise(m M[i] + (1-m) z_i).
 """
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from mi_contrast import bounds
+from mi_contrast import checks
 from mi_contrast import memory
 from mi_contrast import negatives as negatives_lib
+from mi_contrast.methods import base
 from mi_contrast.methods import sharded_bank
 from mi_contrast.methods.base import Objective
 from mi_contrast.mesh import AXIS
 
 VIEWS = (1, 1, 8)
 ONLINE_VIEWS = None
+ENCODER = "single"
 
+
+class IRTargets(NamedTuple):
+  """What IR's prepare hands its objective.
+
+  warmup: bool scalar; True while the neighbour views' IR Ring warm-up lasts (only read with
+    config.neighbour_views).
+  """
+  warmup: jax.Array
+
+
+def validate(config, *, num_devices, num_train):
+  """IR's own rules: neighbour views (exact ring, after a warm-up) and the sharded bank."""
+  del num_devices, num_train
+  if config.neighbour_views and (config.negatives != "ring" or config.candidates
+                                 or config.bound != "infonce"):
+    base.reject_neighbour_views(config)
+  if config.neighbour_views and config.neighbour_views_warmup_epochs >= config.num_epochs:
+    checks.fail("neighbour_views_warmup_epochs", config.neighbour_views_warmup_epochs,
+                f"0..{config.num_epochs - 1} (below num_epochs)")
+  if config.bank_sharded and (config.candidates or config.bound != "infonce"
+                              or config.neighbour_views or config.num_views > 1):
+    base.reject_bank_sharded(config)
+
+
+def describe(config):
+  """What results.json reports: negatives from the memory bank; the objective is the bound
+  (infonce or nce), or 'neighbour_views'."""
+  return {"negatives": config.negatives, "pool": "memory bank",
+          "objective": "neighbour_views" if config.neighbour_views else config.bound}
 
 
 def init_state(rng, config, num_train, variables):
@@ -74,13 +107,14 @@ def prepare(config, state, ctx):
   """Neighbour views: IR Ring (sampled) for config.neighbour_views_warmup_epochs, then exact
   neighbour views; the inner ball only means something once the embedding does."""
   warm = config.neighbour_views_warmup_epochs * ctx.steps_per_epoch
-  return {"warmup": ctx.step < warm}, state
+  return IRTargets(warmup=ctx.step < warm), state
 
 
 def objective(config, z, indices, state, rng, band, targets=None):
   """z: [V, b, D] unit rows of this device's anchors; indices: [b] their dataset rows.
 
-  Returns per-anchor values [V * b] (view-major).
+  targets: IRTargets (read with config.neighbour_views). Returns per-anchor values [V * b]
+  (view-major).
   """
   if config.bank_sharded:  # state['bank'] holds this device's rows only (one view)
     return sharded_bank.ir_objective(config, z, indices, state, rng, band)
@@ -92,7 +126,7 @@ def objective(config, z, indices, state, rng, band, targets=None):
     anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
     warm_up = lambda z: bank_objective(config, z, rows, anchor_ids, state["bank"], rng, band)
     neighbours = lambda z: neighbour_view_objective(config, z, rows, state["bank"], band)
-    return jax.lax.cond(targets["warmup"], warm_up, neighbours, flat)
+    return jax.lax.cond(targets.warmup, warm_up, neighbours, flat)
   # View v of image i draws its own negatives: key id v * N + i.
   anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
   z = z.reshape(-1, z.shape[-1])

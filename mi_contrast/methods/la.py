@@ -16,17 +16,57 @@ Bank update: M[i] <- normalise(m M[i] + (1 - m) z_i), as IR.
 """
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from mi_contrast import bounds
+from mi_contrast import checks
 from mi_contrast import memory
+from mi_contrast.methods import base
 from mi_contrast.methods import ir
 from mi_contrast.methods.base import Objective
 
 VIEWS = (1, 1, 1)
 ONLINE_VIEWS = None
+ENCODER = "single"
+
+
+class LATargets(NamedTuple):
+  """What LA's prepare hands its objective.
+
+  warmup: bool scalar; True during the config.la.warmup_epochs of IR before the LA objective.
+  """
+  warmup: jax.Array
+
+
+def validate(config, *, num_devices, num_train):
+  """LA's negatives are its background neighbours; its bank rows bound them and the clusters."""
+  del num_devices
+  base.require_infonce_without_candidates(config, "the background neighbours")
+  base.reject_neighbour_views(config)
+  base.reject_first_batch_partition(config)
+  if config.negatives != "uniform":
+    checks.fail("negatives", config.negatives, "'uniform' for method 'la' (its negatives are "
+                "the config.la.background nearest bank rows; 'uniform' names the IR warm-up's)")
+  background = config.la.background
+  if num_train is not None and background >= num_train:
+    checks.fail("la.background", background,
+                f"1..{num_train - 1} (bank rows other than the anchor)")
+  if num_train is not None and config.la.num_clusters > num_train:
+    checks.fail("la.num_clusters", config.la.num_clusters, f"1..{num_train} (bank rows)")
+  if config.la.warmup_epochs >= config.num_epochs:
+    checks.fail("la.warmup_epochs", config.la.warmup_epochs,
+                f"0..{config.num_epochs - 1} (below num_epochs)")
+  base.reject_bank_sharded(config)
+
+
+def describe(config):
+  """LA's negatives are its background neighbours ('background'), whatever config.negatives
+  says (that names its IR warm-up's)."""
+  return {"negatives": "background", "pool": f"the {config.la.background} nearest bank rows",
+          "objective": "la"}
 
 
 def init_state(rng, config, num_train, variables):
@@ -83,7 +123,7 @@ def prepare(config, state, ctx):
 
   labels = jax.lax.cond(refit, fit, lambda bank: state["labels"],
                         jax.lax.stop_gradient(state["bank"]))
-  return {"warmup": ctx.step < warm}, dict(state, labels=labels)
+  return LATargets(warmup=ctx.step < warm), dict(state, labels=labels)
 
 
 def background_rows(scores, background):
@@ -111,7 +151,8 @@ def la_objective(pos, scores, rows, labels, background):
 
 
 def objective(config, z, indices, state, rng, band, targets):
-  """z: [1, b, D] unit rows; indices: [b]. Values [b]: IR's during the warm-up, then LA's."""
+  """z: [1, b, D] unit rows; indices: [b]; targets: LATargets. Values [b]: IR's during the
+  warm-up, then LA's."""
   z = z[0]
   bank = jax.lax.stop_gradient(state["bank"]).astype(jnp.float32)
 
@@ -124,7 +165,7 @@ def objective(config, z, indices, state, rng, band, targets):
     pos = jnp.sum(z * bank[indices], axis=-1) / config.temperature
     return la_objective(pos, scores, indices, state["labels"], config.la.background)
 
-  return jax.lax.cond(targets["warmup"], warm_up, local_aggregation, z)
+  return jax.lax.cond(targets.warmup, warm_up, local_aggregation, z)
 
 
 def update_state(config, state, all_indices, all_z, targets=None):

@@ -31,17 +31,52 @@ device: the whole batch again). Its effect on the numbers here has not been meas
 Queue init: random unit rows (reference).
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 from mi_contrast import bounds
+from mi_contrast import checks
 from mi_contrast import memory
 from mi_contrast import negatives as negatives_lib
+from mi_contrast.methods import base
 from mi_contrast.methods.base import Objective
 from mi_contrast.mesh import AXIS
 
 VIEWS = (2, 2, 2)
 ONLINE_VIEWS = 1
+ENCODER = "single"
+
+
+class MocoTargets(NamedTuple):
+  """What MoCo's prepare hands its objective and update_state.
+
+  keys: [b, D] float32 unit keys k+ of this device's images (view 1 through the EMA key
+    encoder with shuffle-BN; no gradient).
+  """
+  keys: jax.Array
+
+
+def validate(config, *, num_devices, num_train):
+  """The queue holds whole global batches; shuffle-BN groups split the devices' batches."""
+  del num_train
+  base.require_infonce_without_candidates(config, "the queue")
+  if config.num_negatives % config.global_batch_size:
+    checks.fail("num_negatives", config.num_negatives, "a multiple of global_batch_size "
+                f"({config.global_batch_size}) for method 'moco' (the queue length K; each "
+                "step enqueues one global batch of keys)")
+  bn_groups = config.moco.bn_groups
+  groups = bn_groups or num_devices
+  if groups % num_devices or config.global_batch_size % groups:
+    checks.fail("moco.bn_groups", bn_groups, f"0 (one group per device) or a multiple of the "
+                f"device count ({num_devices}) that divides global_batch_size "
+                f"({config.global_batch_size})")
+  base.reject_ir_options(config)
+
+
+def describe(config):
+  return {"negatives": config.negatives, "pool": "queue", "objective": config.bound}
 
 
 def init_state(rng, config, num_train, variables):
@@ -96,16 +131,17 @@ def prepare(config, state, ctx):
       config, ctx.model, {"params": key_params, "batch_stats": state["key_batch_stats"]},
       ctx.views[1], ctx.rng)
   keys = jax.lax.stop_gradient(keys)
-  return keys, dict(state, key_params=key_params, key_batch_stats=key_stats)
+  return MocoTargets(keys=keys), dict(state, key_params=key_params, key_batch_stats=key_stats)
 
 
 def objective(config, z, indices, state, rng, band, targets):
-  """z: [1, b, D] unit queries; targets: [b, D] their unit keys. Values [b]."""
+  """z: [1, b, D] unit queries; targets: MocoTargets, their unit keys. Values [b]."""
   del indices, rng
+  keys = targets.keys
   q = z[0]
   tau = config.temperature
   queue = jax.lax.stop_gradient(state["queue"]).astype(jnp.float32)
-  pos = jnp.sum(q * targets, axis=-1) / tau
+  pos = jnp.sum(q * keys, axis=-1) / tau
   neg = q @ queue.T / tau                                            # [b, K]
   keep = None
   if config.negatives != "uniform":
@@ -115,9 +151,10 @@ def objective(config, z, indices, state, rng, band, targets):
 
 
 def update_state(config, state, all_indices, all_z, targets):
-  """Enqueue the global batch's keys (FIFO)."""
+  """Enqueue the global batch's keys (FIFO); targets: MocoTargets."""
   del config, all_indices, all_z
-  keys = jax.lax.all_gather(targets, AXIS, tiled=True)              # [B, D]
+  keys = jax.lax.all_gather(targets.keys, AXIS,
+                            tiled=True)                             # [B, D]
   queue = jax.lax.dynamic_update_slice_in_dim(
       state["queue"], keys.astype(state["queue"].dtype), state["queue_ptr"], axis=0)
   ptr = (state["queue_ptr"] + keys.shape[0]) % queue.shape[0]

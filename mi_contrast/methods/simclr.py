@@ -18,11 +18,24 @@ import jax.numpy as jnp
 
 from mi_contrast import bounds
 from mi_contrast import negatives as negatives_lib
+from mi_contrast.methods import base
 from mi_contrast.methods.base import Objective
 from mi_contrast.mesh import AXIS
 
 VIEWS = (2, 2, 8)
 ONLINE_VIEWS = None
+ENCODER = "single"
+
+
+def validate(config, *, num_devices, num_train):
+  """InfoNCE over the global batch: no bank options."""
+  del num_devices, num_train
+  base.require_infonce_without_candidates(config, "the global batch")
+  base.reject_ir_options(config)
+
+
+def describe(config):
+  return {"negatives": config.negatives, "pool": "global batch", "objective": config.bound}
 
 
 def init_state(rng, config, num_train, variables):

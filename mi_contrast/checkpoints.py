@@ -1,0 +1,248 @@
+"""Checkpoints of a run: the orbax manager, restore with fallback, the resume check, preemption,
+and a run restored from its workdir alone (`load_run_config`, `restore_run`)."""
+
+import json
+import os
+import signal
+import time
+import warnings
+
+import flax
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from mi_contrast import config as config_lib
+from mi_contrast import multihost
+from mi_contrast import run as run_lib
+
+
+def state_dict(state):
+  return flax.serialization.to_state_dict(state)
+
+
+def checkpoint_dir(workdir):
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def checkpoint_manager(workdir, config):
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                         enable_async_checkpointing=False)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(manager, step, state):
+  """Writes the checkpoint of `step` and waits until it is on disk."""
+  manager.save(step, args=ocp.args.StandardSave(state_dict(state)), force=True)
+  manager.wait_until_finished()
+
+
+def restore_latest(manager, state, sharding):
+  """Restores the newest readable checkpoint into `state`'s structure; None if there is none.
+
+  `sharding`: one sharding for every leaf, or a TrainState of shardings (`run.state_shardings`).
+
+  A corrupt or half-written newest checkpoint falls back to the previous one with a warning;
+  the unreadable ones are moved aside (`<workdir>/damaged_checkpoints/`), never deleted.
+  Returns:
+    (state, step), or None when the manager holds no checkpoint.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if isinstance(sharding, run_lib.TrainState):
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          state_dict(state), state_dict(sharding))
+  else:
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          state_dict(state))
+  errors = []
+  for step in steps:
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # orbax raises many types for damaged files
+      message = (f"checkpoint at step {step} in {manager.directory} is unreadable "
+                 f"({type(e).__name__}: {e}); falling back to an older one.")
+      logging.warning(message)
+      warnings.warn(message, UserWarning)
+      errors.append(f"step {step}: {type(e).__name__}: {e}")
+      continue
+    if errors:
+      if multihost.is_lead():
+        _move_aside(manager, [s for s in steps if s > step])
+      multihost.sync("checkpoints moved aside")
+      manager.reload()
+    return flax.serialization.from_state_dict(state, restored), step
+  if steps:
+    raise RuntimeError(f"{manager.directory} holds checkpoints {steps} but none can be read:\n  "
+                       + "\n  ".join(errors) + "\nMove them aside to start from scratch.")
+  return None
+
+
+def _move_aside(manager, steps):
+  """Moves unreadable checkpoints to <workdir>/damaged_checkpoints/: kept, never deleted."""
+  root = os.path.dirname(str(manager.directory))
+  for step in steps:
+    source = os.path.join(str(manager.directory), str(step))
+    target = os.path.join(root, "damaged_checkpoints", f"{step}-{int(time.time())}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(source, target)
+    logging.warning("moved the unreadable checkpoint of step %d to %s", step, target)
+
+
+class Preemption:
+  """SIGTERM -> checkpoint at the next step boundary, then a clean exit.
+
+  With several processes, JAX's preemption service catches the signal instead: any process's
+  notice reaches all of them, and `reached(step)` turns True at the same step everywhere, so
+  every process joins the same collective checkpoint.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    self._multiprocess = jax.process_count() > 1
+
+  def __enter__(self):
+    if self._multiprocess:
+      return self
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: no handler
+      self._previous = None
+    return self
+
+  def reached(self, step):
+    """Whether to checkpoint and stop after `step` (no device synchronisation)."""
+    if self._multiprocess:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+# The config fields that define a run's checkpoints: a config that differs in any of them may
+# not continue them.
+RUN_DEFINING_FIELDS = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim",
+                       "method", "negatives", "num_negatives", "global_batch_size", "seed",
+                       "split_seed", "test_fraction", "eval_split", "validation_fraction",
+                       "image_size", "views", "num_views", "bound", "nce_partition",
+                       "neighbour_views", "cmc", "la", "bank_dtype", "bank_sharded")
+
+
+def check_resume_config(workdir, config, bank_rows):
+  """A workdir's checkpoints may only be continued by a config that defines the same run."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = json.loads(config.to_json())
+  defaults = config_lib.base_config()  # fields added since the checkpoint's config was saved
+  saved = {**{k: defaults[k] for k in RUN_DEFINING_FIELDS if k not in saved}, **saved}
+  diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
+           for k in RUN_DEFINING_FIELDS if saved.get(k) != current.get(k)]
+  saved_rows = read_run_record(workdir).get("memory_bank_rows")
+  if saved_rows is not None and saved_rows != bank_rows:
+    diffs.append(f"memory bank size (dataset rows): checkpoint {saved_rows} vs "
+                 f"this run {bank_rows}")
+  if diffs:
+    raise ValueError(f"{workdir} holds checkpoints of a run with another configuration:\n  "
+                     + "\n  ".join(diffs) + "\nUse a new --workdir, or the saved config "
+                     f"({path}).")
+
+
+def read_run_record(workdir):
+  """<workdir>/run.json ({} if absent): the sizes a run was built with (memory_bank_rows,
+  num_devices, num_processes, channel_mean, channel_std)."""
+  path = os.path.join(workdir, "run.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_run_config(workdir):
+  """The ConfigDict a run was started with (<workdir>/config.json), validated.
+
+  Fields this version has and the saved file lacks (added since the run) keep their defaults.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: {workdir} is not a training run directory "
+                            "(python -m mi_contrast.main writes config.json when a run starts).")
+  with open(path) as f:
+    saved = json.load(f)
+  config = config_lib.base_config()
+
+  def merge(target, values, prefix):
+    for key, value in values.items():
+      if key not in target:
+        raise ValueError(f"{path}: config.{prefix}{key} is not a known field of this version.")
+      if isinstance(value, dict):
+        merge(target[key], value, f"{prefix}{key}.")
+      else:
+        target[key] = value
+
+  merge(config, saved, "")
+  # One device: nothing here splits the training batch, so the device count is not checked.
+  return config_lib.validate(config, num_devices=1)
+
+
+def saved_method_state(workdir):
+  """Shapes and dtypes of the method state (memory bank, queue) in the newest checkpoint.
+
+  The bank's rows are the training-set size, which the config alone does not give; reading
+  them from the checkpoint lets a run be restored without loading its dataset.
+  """
+  reader = ocp.CheckpointManager(checkpoint_dir(workdir),
+                                 item_handlers=ocp.StandardCheckpointHandler())
+  errors = []
+  try:
+    for step in sorted(reader.all_steps(), reverse=True):
+      try:
+        metadata = reader.item_metadata(step)
+        tree = metadata["method_state"] if "method_state" in metadata else {}
+      except Exception as e:  # orbax raises many types for damaged files
+        errors.append(f"step {step}: {type(e).__name__}: {e}")
+        continue
+      return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), dict(tree))
+  finally:
+    reader.close()
+  raise RuntimeError(f"no readable checkpoint metadata in {checkpoint_dir(workdir)}:\n  "
+                     + "\n  ".join(errors))
+
+
+def restore_run(workdir, run):
+  """The newest checkpoint of a run, in the structure `create_train_state(run)` builds.
+
+  Args:
+    workdir: the run's directory.
+    run: `run.build_run` of its config (`load_run_config`), with or without its dataset.
+  Returns:
+    (state, step): the replicated TrainState and the step of the checkpoint it came from.
+  Raises:
+    FileNotFoundError: the run has no checkpoint.
+  """
+  directory = checkpoint_dir(workdir)
+  missing = FileNotFoundError(f"{directory} holds no checkpoint: train the run first "
+                              "(python -m mi_contrast.main) or check --workdir.")
+  if not os.path.isdir(directory):
+    raise missing
+  manager = checkpoint_manager(workdir, run.config)
+  if not manager.all_steps():
+    raise missing
+  # The method state's shapes (bank rows) are read from the checkpoint: they hold for a run
+  # restored without its dataset as for one with it.
+  target = jax.eval_shape(lambda: run_lib.create_train_state(run))
+  target = target.replace(method_state=saved_method_state(workdir))
+  replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
+  restored = restore_latest(manager, target, replicated)
+  if restored is None:
+    raise missing
+  return restored

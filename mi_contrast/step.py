@@ -1,0 +1,140 @@
+"""The train step: one jitted program over the mesh, written per device as under pmap.
+
+  indices  <- permutation(seed, epoch)[step's slice], this device's share of the global batch
+  views    <- make_views(key(seed, step), images[indices], image_ids=indices)
+  z        <- normalise(encoder(views)), BatchNorm statistics over the global batch
+  objective<- method (bank scores, ring/ball/uniform negatives, bound), loss = -mean(value)
+  params   <- optax update with gradients averaged over devices
+  bank     <- updated with the all-gathered (indices, z), identical on every replica
+Data order and randomness are functions of (seed, step) only (run.RootStream, run.StepStream),
+so a run restarted from a checkpoint continues exactly, and the device count never changes the
+math.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import PartitionSpec as P
+
+from mi_contrast import input_pipeline
+from mi_contrast import memory
+from mi_contrast import methods
+from mi_contrast import schedules
+from mi_contrast import views as views_lib
+from mi_contrast.mesh import AXIS
+from mi_contrast.run import RootStream, StepStream, stream
+
+
+def make_train_step(run, *, state_spec=None):
+  """The jitted step of `run` (state_spec: `run.state_specs(config, state)` when the bank is
+  sharded; default: the whole state replicated).
+
+  In-memory data: (state, train_images) -> (state, metrics); the step draws its own indices
+  from (seed, epoch) and gathers the images on the device.
+  Streaming data: (state, images, indices) -> (state, metrics), with images [B, S, S, C] and
+  dataset indices [B] split over the devices.
+  """
+  plan = run.plan
+
+  def in_memory(state, train_images):
+    indices = _device_indices(state, plan)
+    return per_device(state, train_images[indices], indices)
+
+  def per_device(state, images, indices):
+    step = state.step
+    step_key = jax.random.fold_in(stream(state.rng, RootStream.STEPS), step)
+    views = views_lib.make_views(stream(step_key, StepStream.VIEWS),
+                                 input_pipeline.as_float(images), run.recipes,
+                                 image_ids=indices)
+    band, outer = run.band_fn(step, state.ring_state)
+    context = methods.StepContext(
+        model=run.model, variables={"params": state.params, "batch_stats": state.batch_stats},
+        views=views, indices=indices, step=step, steps_per_epoch=plan.steps_per_epoch,
+        rng=stream(step_key, StepStream.PREPARE))
+    targets, method_state = methods.prepare(run.method, run.config, state.method_state, context)
+    loss_fn = _loss_fn(run, state, views, indices, method_state, band, targets,
+                       stream(step_key, StepStream.OBJECTIVE))
+    (loss, (out, z, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    return _apply(run, state, grads, loss, out, z, batch_stats, indices, method_state,
+                  targets, band, outer)
+
+  # pmap semantics (check_vma=False): the per-device program states its collectives itself,
+  # and every state leaf it returns is replicated by construction (pmean, all_gather), or
+  # split as state_spec says (a sharded bank).
+  state_spec = P() if state_spec is None else state_spec
+  if run.streaming:
+    fn, in_specs = per_device, (state_spec, P(AXIS), P(AXIS))
+  else:
+    fn, in_specs = in_memory, (state_spec, P())
+  sharded = jax.shard_map(fn, mesh=run.mesh, in_specs=in_specs, out_specs=(state_spec, P()),
+                          check_vma=False)
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def _device_indices(state, plan):
+  """[b] dataset rows of this device's share of the step's global batch: the step's slice of
+  the epoch's permutation (stream DATA_ORDER, folded with the epoch)."""
+  step, spe, batch = state.step, plan.steps_per_epoch, plan.global_batch
+  data_key = stream(state.rng, RootStream.DATA_ORDER)
+  order = jax.random.permutation(jax.random.fold_in(data_key, step // spe), plan.bank_rows)
+  global_idx = jax.lax.dynamic_slice(order, ((step % spe) * batch,), (batch,))
+  return global_idx.reshape(plan.num_devices, plan.per_device_batch)[jax.lax.axis_index(AXIS)]
+
+
+def _loss_fn(run, state, views, indices, method_state, band, targets, rng):
+  """params -> (loss, (Objective, z, updated batch_stats)) of the online views: the encoder
+  embeds them, the method's objective scores them."""
+  num_online = methods.online_views(run.method, run.config)
+  local = run.plan.per_device_batch
+  online = views[:num_online]
+
+  def loss_fn(params):
+    flat = online.reshape((num_online * local,) + online.shape[2:])
+    (_, z), updated = run.model.apply({"params": params, "batch_stats": state.batch_stats},
+                                      flat, train=True, mutable=["batch_stats"])
+    # z [V*b, D], or [V*b, S, D] for a multi-stream encoder (CMC: S = 2).
+    z = memory.l2_normalize(z.astype(jnp.float32))
+    z = z.reshape((num_online, local) + z.shape[1:])
+    out = run.method.objective(run.config, z, indices, method_state, rng, band, targets)
+    return -jnp.mean(out.value), (out, z, updated["batch_stats"])
+
+  return loss_fn
+
+
+def _apply(run, state, grads, loss, out, z, batch_stats, indices, method_state, targets, band,
+           outer):
+  """The update: gradients averaged over devices, the optimiser step, the method's state from
+  the all-gathered batch, the adaptive ring schedule; -> (new state, metrics)."""
+  config = run.config
+  grads = jax.lax.pmean(grads, AXIS)
+  updates, opt_state = run.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  all_idx = jax.lax.all_gather(indices, AXIS, tiled=True)
+  all_z = jax.lax.all_gather(jax.lax.stop_gradient(z), AXIS, axis=1, tiled=True)
+  method_state = run.method.update_state(config, method_state, all_idx, all_z, targets)
+  loss = jax.lax.pmean(loss, AXIS)
+  ring_state = state.ring_state
+  if config.ring.schedule == "adaptive":
+    ring_state = schedules.adaptive_update(
+        ring_state, loss, delta=config.ring.adaptive_delta, lower=config.ring.outer,
+        upper=config.ring.outer_start)
+  metrics = _metrics(run, state.step, loss, out, band, outer)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                            opt_state=opt_state, method_state=method_state,
+                            ring_state=ring_state)
+  return new_state, metrics
+
+
+def _metrics(run, step, loss, out, band, outer):
+  """The step's scalars: loss, bound and its cap (nats, means over the global batch), the
+  learning rate, and the band for ball and ring runs."""
+  metrics = {
+      "loss": loss,
+      "bound_nats": jax.lax.pmean(jnp.mean(out.bound), AXIS),
+      "log_k_plus_1": jax.lax.pmean(jnp.mean(out.cap), AXIS),
+      "learning_rate": run.lr_schedule(step),
+  }
+  if run.config.negatives != "uniform":
+    metrics.update(band_lower=band.lower, band_upper=band.upper, ring_outer=outer)
+  return metrics
