@@ -116,7 +116,10 @@ def normalize(features):
 @functools.partial(jax.jit, static_argnames=("k", "num_classes"))
 def _knn_chunk(test, train, train_labels, k, temperature, num_classes):
   sims = test @ train.T
-  top, idx = jax.lax.top_k(sims, k)
+  # The barrier keeps XLA's CPU backend from turning this top_k into a full sort of every row
+  # (it does when the gathers below consume it): 16 s -> 0.59 s for 1,024 x 60,000, k = 200,
+  # the same neighbours.
+  top, idx = jax.lax.optimization_barrier(jax.lax.top_k(sims, k))
   votes = jax.nn.one_hot(train_labels[idx], num_classes) * jnp.exp(top / temperature)[..., None]
   weighted = jnp.argmax(votes.sum(axis=1), axis=-1)
   nearest = train_labels[idx[:, 0]]
