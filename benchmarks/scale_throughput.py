@@ -56,7 +56,7 @@ def step_cases(batch_32, batch_224, reps, method="ir"):
         "r18_32px": ("configs/ring.py:cifar10", batch_32, []),
         "r50_224px": ("configs/ring.py:imagenet2012", batch_224, ["model=resnet50"]),
         "r50_224px_sampled": ("configs/ring.py:imagenet2012", batch_224,
-                              ["model=resnet50", "candidates=65536"]),
+                              ["model=resnet50", "bank.candidates=65536"]),
     }
   out = {}
   for name, (spec, batch, sets) in cases.items():

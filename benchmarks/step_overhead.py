@@ -43,7 +43,6 @@ from jax.sharding import PartitionSpec as P
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mi_contrast import config as config_lib  # noqa: E402
 from mi_contrast import input_pipeline  # noqa: E402
 from mi_contrast import run as run_lib  # noqa: E402
 from mi_contrast import step as step_lib  # noqa: E402
@@ -162,7 +161,7 @@ def measure(config, num_rows, reps, seed=0):
       "num_devices": num_devices,
       "bank_rows": num_rows,
       "bank_dtype": str(bank.dtype) if bank is not None else None,
-      "bank_sharded": config.bank_sharded,
+      "bank_sharded": config.bank.sharded,
       "compute_dtype": config.compute_dtype,
       "image_shape": list(shape),
       "streaming": run.streaming,
@@ -170,7 +169,7 @@ def measure(config, num_rows, reps, seed=0):
       "method": config.method,
       "negatives": config.negatives,
       "num_negatives": config.num_negatives,
-      "candidates": config.candidates,
+      "candidates": config.bank.candidates,
   }
 
 
@@ -182,7 +181,7 @@ def main(argv=None):
                       help="global batch to measure (default: the preset's)")
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="override a config field, e.g. --set=candidates=65536")
+                      help="override a config field, e.g. --set=bank.candidates=65536")
   parser.add_argument("--output", default=None,
                       help="JSON file (default: benchmarks/results/step_overhead_<config>.json; "
                            "'-' writes none)")

@@ -21,6 +21,6 @@ def get_config(preset=None):
   c.negatives = "uniform"
   c.bound = "infonce"
   c.cmc.width = "full"
-  c.bank_momentum = 0.5   # the reference's nce_m (HobbitLong/CMC train_CMC.py)
+  c.bank.momentum = 0.5   # the reference's nce_m (HobbitLong/CMC train_CMC.py)
   c.views = "digits_cmc" if c.dataset == "digits" else "cmc"
   return c

@@ -18,7 +18,7 @@ def get_config(preset=None):
   c.negatives = "ring"
   c.bound = "infonce"
   c.cmc.width = "full"
-  c.bank_momentum = 0.5   # the reference's nce_m (HobbitLong/CMC train_CMC.py)
+  c.bank.momentum = 0.5   # the reference's nce_m (HobbitLong/CMC train_CMC.py)
   c.views = "digits_cmc" if c.dataset == "digits" else "cmc"
   c.ring.schedule = "linear"
   c.ring.outer_start = 1.0

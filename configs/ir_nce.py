@@ -1,7 +1,7 @@
 # IR as originally implemented (Wu et al. 2018): binary NCE with a partition estimate Z and
 # uniform noise 1/N over K memory-bank rows, bank momentum 0.5. bound_nats reports the InfoNCE
 # bound of the same scores, so it compares with the other methods. Z is re-estimated on every
-# global batch; the reference's constant first-batch Z (--config.nce_partition=first_batch)
+# global batch; the reference's constant first-batch Z (--config.ir.nce_partition=first_batch)
 # diverges on digits (README).
 #
 #   python -m mi_contrast.main --config=configs/ir_nce.py --workdir=/tmp/mi_ir_nce
@@ -19,6 +19,6 @@ def get_config(preset=None):
   c.method = "ir"
   c.negatives = "uniform"
   c.bound = "nce"
-  c.nce_partition = "per_batch"
-  c.bank_momentum = 0.5
+  c.ir.nce_partition = "per_batch"
+  c.bank.momentum = 0.5
   return c

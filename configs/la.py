@@ -20,5 +20,5 @@ def get_config(preset=None):
   c.method = "la"
   c.negatives = "uniform"   # the IR warm-up's negatives
   c.bound = "infonce"
-  c.bank_momentum = 0.5     # the reference LA's bank momentum
+  c.bank.momentum = 0.5     # the reference LA's bank momentum
   return c

@@ -127,26 +127,35 @@ class Preemption:
 
 
 # The config fields that define a run's checkpoints: a config that differs in any of them may
-# not continue them.
+# not continue them (a section: any of its fields).
 RUN_DEFINING_FIELDS = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim",
                        "method", "negatives", "num_negatives", "global_batch_size", "seed",
                        "split_seed", "test_fraction", "eval_split", "validation_fraction",
-                       "image_size", "views", "num_views", "bound", "nce_partition",
-                       "neighbour_views", "cmc", "la", "bank_dtype", "bank_sharded")
+                       "image_size", "views", "num_views", "bound", "ir", "cmc", "la", "bank")
 
 
 def check_resume_config(workdir, config, bank_rows):
-  """A workdir's checkpoints may only be continued by a config that defines the same run."""
+  """A workdir's checkpoints may only be continued by a config that defines the same run.
+
+  config.json may be in an older version's layout (config.upgrade_saved); fields added since
+  it was saved take their defaults.
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = json.load(f)
+    saved = config_lib.upgrade_saved(json.load(f))
   current = json.loads(config.to_json())
-  defaults = config_lib.base_config()  # fields added since the checkpoint's config was saved
-  saved = {**{k: defaults[k] for k in RUN_DEFINING_FIELDS if k not in saved}, **saved}
-  diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
-           for k in RUN_DEFINING_FIELDS if saved.get(k) != current.get(k)]
+  defaults = json.loads(config_lib.base_config().to_json())
+  diffs = []
+  for key in RUN_DEFINING_FIELDS:
+    old, new = saved.get(key, defaults[key]), current.get(key)
+    if isinstance(defaults[key], dict) and isinstance(old, dict) and isinstance(new, dict):
+      old = {**defaults[key], **old}  # a section's fields added since: their defaults
+      diffs += [f"{key}.{k}: checkpoint {old.get(k)!r} vs config {new.get(k)!r}"
+                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    elif old != new:
+      diffs.append(f"{key}: checkpoint {old!r} vs config {new!r}")
   saved_rows = read_run_record(workdir).get("memory_bank_rows")
   if saved_rows is not None and saved_rows != bank_rows:
     diffs.append(f"memory bank size (dataset rows): checkpoint {saved_rows} vs "
@@ -170,14 +179,15 @@ def read_run_record(workdir):
 def load_run_config(workdir):
   """The ConfigDict a run was started with (<workdir>/config.json), validated.
 
-  Fields this version has and the saved file lacks (added since the run) keep their defaults.
+  Fields this version has and the saved file lacks (added since the run) keep their defaults;
+  the flat fields of older versions move to their sections (config.upgrade_saved).
   """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: {workdir} is not a training run directory "
                             "(python -m mi_contrast.main writes config.json when a run starts).")
   with open(path) as f:
-    saved = json.load(f)
+    saved = config_lib.upgrade_saved(json.load(f))  # an older version's layout too
   config = config_lib.base_config()
 
   def merge(target, values, prefix):

@@ -3,6 +3,7 @@
 `configs/*.py` files start from `default_config(preset)` and override a few fields. `validate`
 checks every field (type, range, contradictions) before anything compiles; the rules of one
 method (what it requires of the shared fields) are its module's `validate` (methods/<m>.py).
+`upgrade_saved` brings a config.json of an older version's layout (OLD_FIELDS) to this one.
 """
 
 import ml_collections
@@ -59,15 +60,16 @@ def _method_fields(c):
   c.method = "ir"              # a name of methods.REGISTRY: ir | la | cmc | moco | simclr
   c.negatives = "uniform"      # uniform | ball | ring
   c.bound = "infonce"          # infonce | nce (IR's original binary NCE)
-  c.nce_partition = "per_batch"  # nce: log Z re-estimated every step | first_batch (reference)
   c.num_negatives = 1024       # K: negatives per anchor (the cap is log(K + 1))
   c.temperature = 0.07
-  c.bank_momentum = 0.0        # M[i] <- normalise(m M[i] + (1 - m) z); the paper: m = 0
-  c.neighbour_views = False    # IR ring: the ring's inner ball as extra positives (LA-like)
-  c.neighbour_views_warmup_epochs = 0  # IR Ring epochs before the neighbour views
-  c.candidates = 0             # 0: exact band over the whole bank; M > 0: band over M random rows
   c.views = "digits"           # views.RECIPES name for every view, or 'name1,name2' per view
   c.num_views = 0              # views per image; 0 = the method's own (IR 1, SimCLR/MoCo 2)
+
+  # IR: its original NCE's partition estimate and IR Ring's neighbour views.
+  c.ir = ml_collections.ConfigDict()
+  c.ir.nce_partition = "per_batch"  # nce: log Z re-estimated every step | first_batch (reference)
+  c.ir.neighbour_views = False  # IR ring: the ring's inner ball as extra positives (LA-like)
+  c.ir.neighbour_views_warmup_epochs = 0  # IR Ring epochs before the neighbour views
 
   # MoCo: momentum key encoder and FIFO queue (num_negatives = queue length K, a multiple of the
   # global batch size).
@@ -90,11 +92,15 @@ def _method_fields(c):
   c.cmc = ml_collections.ConfigDict()
   c.cmc.width = "full"         # full | half: each stream's width relative to config.model's
 
-  # Memory bank (method ir): one row per pretraining image.
-  c.bank_dtype = "float32"     # float32 | bfloat16: storage of banks and queues (scores in float32)
-  c.bank_sharded = False       # False: every device holds the whole bank. True: each device
+  # Memory bank (IR, LA, CMC; bank.dtype also stores MoCo's queue): one row per pretraining
+  # image.
+  c.bank = ml_collections.ConfigDict()
+  c.bank.dtype = "float32"     # float32 | bfloat16: storage of banks and queues (scores in float32)
+  c.bank.sharded = False       # False: every device holds the whole bank. True: each device
                                # holds 1/num_devices of its rows, and each anchor's band and
-                               # negatives come from every shard's own rows (candidates = 0)
+                               # negatives come from every shard's own rows (bank.candidates = 0)
+  c.bank.momentum = 0.0        # M[i] <- normalise(m M[i] + (1 - m) z); the paper: m = 0
+  c.bank.candidates = 0        # 0: exact band over the whole bank; M > 0: band over M random rows
 
 
 def _ring_and_training_fields(c):
@@ -215,6 +221,54 @@ def default_config(preset=None):
   return apply_preset(base_config(), preset)
 
 
+# The flat fields of older versions (a config.json written before they moved into their
+# sections) -> (section, field): `upgrade_saved` moves them, `flat_layout` moves them back.
+OLD_FIELDS = {
+    "nce_partition": ("ir", "nce_partition"),
+    "neighbour_views": ("ir", "neighbour_views"),
+    "neighbour_views_warmup_epochs": ("ir", "neighbour_views_warmup_epochs"),
+    "bank_dtype": ("bank", "dtype"),
+    "bank_sharded": ("bank", "sharded"),
+    "bank_momentum": ("bank", "momentum"),
+    "candidates": ("bank", "candidates"),
+}
+
+
+def upgrade_saved(saved):
+  """A saved config (config.json's dict) in this version's layout: the flat fields of older
+  versions (OLD_FIELDS) moved into their sections. Returns a new dict; `saved` is unchanged.
+
+  Raises ValueError if a file holds a field both flat and in its section, with two values.
+  """
+  upgraded = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+  for old, (section, field) in OLD_FIELDS.items():
+    if old not in upgraded:
+      continue
+    value = upgraded.pop(old)
+    target = upgraded.setdefault(section, {})
+    if not isinstance(target, dict):
+      raise ValueError(f"saved config: config.{section} = {target!r} is not a section, and the "
+                       f"older config.{old} belongs in it (as config.{section}.{field}).")
+    if field in target and target[field] != value:
+      raise ValueError(f"saved config: config.{old} = {value!r} (older layout) and "
+                       f"config.{section}.{field} = {target[field]!r} disagree.")
+    target[field] = value
+  return upgraded
+
+
+def flat_layout(saved):
+  """The inverse of `upgrade_saved`: a config dict in the layout of the versions before the
+  move (the fields of OLD_FIELDS flat, their sections gone once empty). Returns a new dict."""
+  flat = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+  for old, (section, field) in OLD_FIELDS.items():
+    if isinstance(flat.get(section), dict) and field in flat[section]:
+      flat[old] = flat[section].pop(field)
+  for section in {section for section, _ in OLD_FIELDS.values()}:
+    if flat.get(section) == {}:
+      del flat[section]
+  return flat
+
+
 CMC_WIDTHS = ("full", "half")
 NEGATIVES = ("uniform", "ball", "ring")
 BOUNDS = ("infonce", "nce")
@@ -248,6 +302,7 @@ def validate(config, *, num_devices, num_train=None):
     num_train: training-set size (the memory bank's rows), when known.
   """
   from mi_contrast import methods  # pylint: disable=g-import-not-at-top
+  _check_moved_fields(config)
   _check_keys(config, base_config())
   _check_choices(config, tuple(methods.REGISTRY))
   _check_data_and_model(config)
@@ -260,6 +315,14 @@ def validate(config, *, num_devices, num_train=None):
   methods.num_views(method, config)  # raises for an unsupported count
   method.validate(config, num_devices=num_devices, num_train=num_train)
   return config
+
+
+def _check_moved_fields(config):
+  """A field of the older flat layout (OLD_FIELDS) names its new place."""
+  for old, (section, field) in OLD_FIELDS.items():
+    if old in config:
+      raise ValueError(f"config.{old} is not a known field: it moved to "
+                       f"config.{section}.{field} (e.g. --config.{section}.{field}=...).")
 
 
 def _check_choices(config, method_names):
@@ -275,15 +338,15 @@ def _check_choices(config, method_names):
   _choice(config, "pretrain_split", PRETRAIN_SPLITS if config.dataset == "stl10" else ("train",))
   _choice(config, "ring.schedule", RING_SCHEDULES)
   _choice(config, "cmc.width", CMC_WIDTHS)
-  _choice(config, "nce_partition", ("per_batch", "first_batch"))
+  _choice(config, "ir.nce_partition", ("per_batch", "first_batch"))
   _choice(config, "compute_dtype", DTYPES)
   _choice(config, "eval_split", EVAL_SPLITS)
   if config.eval_split == "validation" and config.dataset in ("imagenet2012",):
     _fail("eval_split", config.eval_split, "'test' for the streamed imagenet2012 (its "
           "validation split is already the evaluation split)")
-  _choice(config, "bank_dtype", DTYPES)
-  for field in ("download", "sync_batch_norm", "ring.dynamic_inner", "neighbour_views",
-                "bank_sharded"):
+  _choice(config, "bank.dtype", DTYPES)
+  for field in ("download", "sync_batch_norm", "ring.dynamic_inner", "ir.neighbour_views",
+                "bank.sharded"):
     checks.boolean(config, field)
 
 
@@ -308,15 +371,15 @@ def _check_data_and_model(config):
 def _check_objective(config, num_train):
   """The fields every method's objective reads: temperature, negatives, bound."""
   _number(config, "temperature", 0.0, None, low_open=True)
-  _number(config, "bank_momentum", 0.0, 1.0, high_open=True)
-  _number(config, "candidates", 0, None, integer=True)
+  _number(config, "bank.momentum", 0.0, 1.0, high_open=True)
+  candidates = _number(config, "bank.candidates", 0, None, integer=True)
   _number(config, "num_views", 0, 8, integer=True)
   num_negatives = _number(config, "num_negatives", 1, None, integer=True)
   if num_train is not None and num_negatives > num_train:
     _fail("num_negatives", num_negatives,
           f"at most the memory bank's size ({num_train} training images)")
-  if config.candidates and num_train is not None and config.candidates > num_train:
-    _fail("candidates", config.candidates, f"0 (exact band) or 1..{num_train} (bank rows)")
+  if candidates and num_train is not None and candidates > num_train:
+    _fail("bank.candidates", candidates, f"0 (exact band) or 1..{num_train} (bank rows)")
   if config.bound == "nce" and config.negatives != "uniform":
     _fail("bound", config.bound, "infonce with ball or ring negatives (IR's NCE assumes uniform "
           "noise 1/N; set config.negatives = 'uniform' to use it)")
@@ -324,7 +387,7 @@ def _check_objective(config, num_train):
 
 def _check_method_options(config):
   """The methods' sub-configs' numbers, whatever the method (its rules: methods/<m>.py)."""
-  _number(config, "neighbour_views_warmup_epochs", 0, None, integer=True)
+  _number(config, "ir.neighbour_views_warmup_epochs", 0, None, integer=True)
   _number(config, "moco.momentum", 0.0, 1.0, high_open=True)
   _number(config, "moco.bn_groups", 0, None, integer=True)
   _number(config, "la.num_clusterings", 1, None, integer=True)

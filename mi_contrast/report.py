@@ -200,9 +200,11 @@ def _flag_value(value):
 def config_overrides(config):
   """(preset, ['--config.field=value' for every field that differs from the preset's default]).
 
-  Together with `--config=configs/default.py:<preset>` they give the run's configuration.
+  Together with `--config=configs/default.py:<preset>` they give the run's configuration. A
+  config.json of an older version's layout gives this version's flags (config.upgrade_saved).
   """
   from mi_contrast import config as config_lib  # ml_collections only
+  config = config_lib.upgrade_saved(config)
   preset = config.get("dataset") or "digits"
   try:
     default = json.loads(config_lib.default_config(preset).to_json())

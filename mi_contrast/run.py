@@ -260,8 +260,8 @@ def untrained_variables(run):
 
 
 def shard_bank(config, state, num_devices):
-  """With config.bank_sharded, pads the bank to whole shards (see methods/sharded_bank.py)."""
-  if not config.bank_sharded:
+  """With config.bank.sharded, pads the bank to whole shards (see methods/sharded_bank.py)."""
+  if not config.bank.sharded:
     return state
   return state.replace(method_state=sharded_bank.shard_state(state.method_state, num_devices))
 
@@ -269,7 +269,7 @@ def shard_bank(config, state, num_devices):
 def state_specs(config, state):
   """PartitionSpecs of the train state: replicated, except a sharded bank's rows."""
   specs = jax.tree.map(lambda _: P(), state)
-  if config.bank_sharded:
+  if config.bank.sharded:
     specs = specs.replace(method_state=sharded_bank.state_spec(state.method_state))
   return specs
 

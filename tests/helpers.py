@@ -99,7 +99,7 @@ def checkpoint_steps(workdir):
 def build_step(config, devices):
   """(train state placed on the mesh, the train step, device images, model, data) for one
   step of `config` on a mesh of `devices`, built as the trainer builds them (run.build_run); a
-  sharded bank (config.bank_sharded) is split over the devices."""
+  sharded bank (config.bank.sharded) is split over the devices."""
   run = run_lib.build_run(config, devices)
   state = run_lib.create_train_state(run)
   step = step_lib.make_train_step(run, state_spec=run_lib.state_specs(config, state))

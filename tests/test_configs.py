@@ -1,6 +1,7 @@
 """Every config file: loads, validates for every preset, and runs a short training per method."""
 
 import glob
+import hashlib
 import importlib.util
 import json
 import os
@@ -95,10 +96,10 @@ def test_short_run_learns_and_reports_truthfully(name, tmp_path):
 
 @pytest.mark.parametrize("method, negatives, field, value", [
     ("ir", "ring", "num_views", 9),
-    ("ir", "uniform", "nce_partition", "sometimes"),
-    ("cmc", "uniform", "nce_partition", "first_batch"),
-    ("simclr", "ring", "neighbour_views", True),
-    ("ir", "ring", "neighbour_views_warmup_epochs", -1),
+    ("ir", "uniform", "ir.nce_partition", "sometimes"),
+    ("cmc", "uniform", "ir.nce_partition", "first_batch"),
+    ("simclr", "ring", "ir.neighbour_views", True),
+    ("ir", "ring", "ir.neighbour_views_warmup_epochs", -1),
     ("moco", "uniform", "moco.momentum", 1.0),
     ("moco", "uniform", "moco.bn_groups", 3),
     ("la", "uniform", "la.background", 2000),
@@ -110,12 +111,12 @@ def test_short_run_learns_and_reports_truthfully(name, tmp_path):
     ("cmc", "uniform", "cmc.width", "quarter"),
     # Each method's own validate: what it requires of the fields it does not use.
     ("moco", "uniform", "bound", "nce"),
-    ("simclr", "uniform", "candidates", 100),
-    ("la", "uniform", "bank_sharded", True),
-    ("moco", "uniform", "nce_partition", "first_batch"),
-    ("cmc", "ring", "neighbour_views", True),
-    ("cmc", "ring", "bank_sharded", True),
-    ("ir", "uniform", "neighbour_views", True),
+    ("simclr", "uniform", "bank.candidates", 100),
+    ("la", "uniform", "bank.sharded", True),
+    ("moco", "uniform", "ir.nce_partition", "first_batch"),
+    ("cmc", "ring", "ir.neighbour_views", True),
+    ("cmc", "ring", "bank.sharded", True),
+    ("ir", "uniform", "ir.neighbour_views", True),
     ("moco", "uniform", "num_negatives", 1000),
 ])
 def test_bad_method_options_name_the_field(method, negatives, field, value):
@@ -129,3 +130,81 @@ def test_bad_method_options_name_the_field(method, negatives, field, value):
   with pytest.raises(ValueError, match=field.replace(".", r"\.")) as info:
     config_lib.validate(c, num_devices=1, num_train=1437)
   assert "allowed" in str(info.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# config.json of the versions before config.ir and config.bank: loads and resumes.
+# ----------------------------------------------------------------------------------------------
+
+# Where the older versions kept the fields of the two sections (top-level, flat).
+FLAT_NAMES = {("ir", "nce_partition"): "nce_partition",
+              ("ir", "neighbour_views"): "neighbour_views",
+              ("ir", "neighbour_views_warmup_epochs"): "neighbour_views_warmup_epochs",
+              ("bank", "dtype"): "bank_dtype", ("bank", "sharded"): "bank_sharded",
+              ("bank", "momentum"): "bank_momentum", ("bank", "candidates"): "candidates"}
+
+
+def _sectioned_config():
+  """A valid IR Ring config with non-default ir and bank fields (all but ir.neighbour_views
+  and bank.sharded, which rule out some of the others)."""
+  c = config_lib.default_config()
+  c.negatives = "ring"
+  c.ir.nce_partition = "first_batch"
+  c.ir.neighbour_views_warmup_epochs = 3
+  c.bank.dtype = "bfloat16"
+  c.bank.momentum = 0.5
+  c.bank.candidates = 512
+  return config_lib.validate(c, num_devices=1, num_train=1437)
+
+
+def _old_layout(config):
+  """config.json as the older versions wrote it: the section fields flat, no ir or bank."""
+  tree = json.loads(config.to_json())
+  for (section, field), flat in FLAT_NAMES.items():
+    tree[flat] = tree[section].pop(field)
+  assert tree.pop("ir") == {} and tree.pop("bank") == {}
+  return tree
+
+
+def test_an_old_flat_config_json_loads_and_resumes(tmp_path):
+  from mi_contrast import checkpoints
+  from mi_contrast import results as results_lib
+  config = _sectioned_config()
+  old = _old_layout(config)
+  assert set(FLAT_NAMES.values()) <= set(old) and "bank" not in old and "ir" not in old
+  assert config_lib.upgrade_saved(old) == json.loads(config.to_json())
+  assert config_lib.flat_layout(json.loads(config.to_json())) == old
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(old, f)
+
+  loaded = checkpoints.load_run_config(str(tmp_path))
+  assert loaded.to_dict() == config.to_dict()
+  assert (loaded.bank.dtype, loaded.bank.momentum, loaded.bank.candidates) == (
+      "bfloat16", 0.5, 512)
+  assert loaded.ir.nce_partition == "first_batch" and loaded.ir.neighbour_views_warmup_epochs == 3
+
+  # The same run in the new layout continues the old run's checkpoints ...
+  checkpoints.check_resume_config(str(tmp_path), config, bank_rows=1437)
+  # ... and a finished old run's results.json (its config_sha256 of the flat layout) is its.
+  old_digest = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+  assert old_digest in results_lib.config_digests(config)
+  assert old_digest != results_lib.config_digest(config)
+  # A real difference is still refused, named by its new field.
+  for section, field, value in (("bank", "dtype", "float32"),
+                                ("ir", "nce_partition", "per_batch")):
+    other = _sectioned_config()
+    other[section][field] = value
+    needle = rf"{section}\.{field}: checkpoint '.*' vs config '{value}'"
+    with pytest.raises(ValueError, match=needle):
+      checkpoints.check_resume_config(str(tmp_path), other, bank_rows=1437)
+    assert old_digest not in results_lib.config_digests(other)
+
+
+def test_old_flat_fields_are_refused_with_their_new_place():
+  c = config_lib.default_config()
+  c.bank_sharded = True
+  with pytest.raises(ValueError, match=r"config\.bank_sharded .*moved to config\.bank\.sharded"):
+    config_lib.validate(c, num_devices=1)
+  both = dict(_old_layout(_sectioned_config()), bank={"dtype": "float32"})
+  with pytest.raises(ValueError, match=r"bank_dtype = 'bfloat16' .*bank\.dtype = 'float32'"):
+    config_lib.upgrade_saved(both)

@@ -266,12 +266,13 @@ def test_a_prepared_tfds_data_dir_is_read_through_tfds(nowhere, monkeypatch):
 
 
 def test_missing_data_fails_before_the_step_is_built(nowhere, monkeypatch):
+  from mi_contrast import step as step_lib
   from mi_contrast import train
 
   def no_compile(*args, **kwargs):
     raise AssertionError("the train step was built without data")
 
-  monkeypatch.setattr(train, "make_train_step", no_compile)
+  monkeypatch.setattr(step_lib, "make_train_step", no_compile)
   with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
     train.train_and_evaluate(config_for(), str(nowhere / "run"))
   assert not (nowhere / "run").exists()

@@ -137,7 +137,7 @@ def test_la_loss_decreases_under_a_few_gradient_steps():
 
 
 def test_neighbour_views_without_an_inner_ball_is_the_ring_infonce():
-  config = tiny_config("ring", neighbour_views=True, temperature=0.1)
+  config = tiny_config("ring", temperature=0.1, **{"ir.neighbour_views": True})
   z, bank, rows, scores, pos = _scores(12)
   own = jnp.arange(bank.shape[0])[None, :] == rows[:, None]
   others = jnp.where(own, -jnp.inf, scores)
@@ -158,5 +158,5 @@ def test_neighbour_views_without_an_inner_ball_is_the_ring_infonce():
 
 
 def test_neighbour_views_one_device_and_eight_devices_agree():
-  config = tiny_config("ring", neighbour_views=True)
+  config = tiny_config("ring", **{"ir.neighbour_views": True})
   assert_devices_agree(config)

@@ -118,7 +118,7 @@ def _one_step(config, devices):
 
 
 def test_bfloat16_bank_and_activations_agree_on_1_and_8_devices():
-  config = tiny_config("ring", compute_dtype="bfloat16", bank_dtype="bfloat16")
+  config = tiny_config("ring", compute_dtype="bfloat16", **{"bank.dtype": "bfloat16"})
   m1, s1, model, data = _one_step(config, jax.devices()[:1])
   m8, s8, _, _ = _one_step(config, jax.devices())
   assert s1.method_state["bank"].dtype == jnp.bfloat16
@@ -136,8 +136,8 @@ def test_bfloat16_bank_and_activations_agree_on_1_and_8_devices():
 
 
 def test_bfloat16_run_trains_with_finite_loss_and_a_bfloat16_bank_checkpoint(tmp_path):
-  config = tiny_config("ring", compute_dtype="bfloat16", bank_dtype="bfloat16",
-                       log_every_steps=2, checkpoint_every_steps=10)
+  config = tiny_config("ring", compute_dtype="bfloat16", log_every_steps=2,
+                       checkpoint_every_steps=10, **{"bank.dtype": "bfloat16"})
   outcome = train.train_and_evaluate(config, str(tmp_path), stop_after_steps=10)
   assert outcome.results["steps"] == 10
   records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -157,7 +157,7 @@ def test_bfloat16_run_trains_with_finite_loss_and_a_bfloat16_bank_checkpoint(tmp
 def test_sharded_bank_places_rows_by_a_fixed_permutation_and_updates_like_the_replicated_bank():
   config = tiny_config("ring")
   _, replicated, _, data = _one_step(config, jax.devices())
-  config.bank_sharded = True
+  config.bank.sharded = True
   metrics, sharded, _, _ = _one_step(config, jax.devices())
   n = data.num_train
   bank = sharded.method_state["bank"]
@@ -185,7 +185,7 @@ def test_sharded_bank_objective_scores_each_shard_band():
   """Positives come from the row's shard; each shard's negatives lie in that shard's band."""
   devices = jax.devices()
   mesh = make_mesh(devices)
-  config = tiny_config("ring", bank_sharded=True, num_negatives=16)
+  config = tiny_config("ring", num_negatives=16, **{"bank.sharded": True})
   rng = np.random.default_rng(0)
   n, dim, b = 160, 8, 16
   bank = rng.normal(size=(n, dim)).astype(np.float32)
@@ -237,7 +237,8 @@ def test_sharded_bank_objective_scores_each_shard_band():
 
 
 def test_sharded_bank_trains_checkpoints_and_resumes(tmp_path):
-  config = tiny_config("ring", bank_sharded=True, checkpoint_every_steps=4, num_epochs=1)
+  config = tiny_config("ring", checkpoint_every_steps=4, num_epochs=1,
+                       **{"bank.sharded": True})
   first = train.train_and_evaluate(config, str(tmp_path), stop_after_steps=4)
   assert first.results["steps"] == 4
   rest = train.train_and_evaluate(config, str(tmp_path)).results
@@ -247,10 +248,10 @@ def test_sharded_bank_trains_checkpoints_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("overrides,needle", [
     ({"compute_dtype": "float16"}, "compute_dtype"),
-    ({"bank_dtype": "int8"}, "bank_dtype"),
-    ({"bank_sharded": True, "method": "simclr"}, "bank_sharded"),
-    ({"bank_sharded": True, "candidates": 256}, "bank_sharded"),
-    ({"bank_sharded": True, "negatives": "uniform", "bound": "nce"}, "bank_sharded"),
+    ({"bank.dtype": "int8"}, r"bank\.dtype"),
+    ({"bank.sharded": True, "method": "simclr"}, r"bank\.sharded"),
+    ({"bank.sharded": True, "bank.candidates": 256}, r"bank\.sharded"),
+    ({"bank.sharded": True, "negatives": "uniform", "bound": "nce"}, r"bank\.sharded"),
 ])
 def test_bad_scale_options_are_named(overrides, needle):
   negatives = overrides.pop("negatives", "ring")

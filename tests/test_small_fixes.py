@@ -124,7 +124,8 @@ def test_partition_estimate_is_finite_at_tau_001_and_matches_float64():
   assert np.isfinite(got)
   np.testing.assert_allclose(got, _np_log_z(z, bank, tau), rtol=0, atol=2e-4)
   # The first batch's estimate stored by update_state (all views of the global batch).
-  config = tiny_config("uniform", bound="nce", nce_partition="first_batch", temperature=tau)
+  config = tiny_config("uniform", bound="nce", temperature=tau,
+                       **{"ir.nce_partition": "first_batch"})
   state = {"bank": jnp.asarray(bank), "log_z": jnp.full((), jnp.nan, jnp.float32)}
   new = ir.update_state(config, state, jnp.arange(len(z)) % len(bank), jnp.asarray(z)[None])
   assert np.isfinite(float(new["log_z"]))

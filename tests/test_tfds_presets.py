@@ -17,6 +17,7 @@ pytest.importorskip("tensorflow")
 
 from mi_contrast import config as config_lib  # noqa: E402
 from mi_contrast import input_pipeline  # noqa: E402
+from mi_contrast import step as step_lib  # noqa: E402
 from mi_contrast import train  # noqa: E402
 
 IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "stl10": (96, 96, 3)}
@@ -92,7 +93,7 @@ def test_missing_dataset_fails_at_once_with_the_command_that_prepares_it(monkeyp
   def no_compile(*args, **kwargs):
     raise AssertionError("the train step was built without data")
 
-  monkeypatch.setattr(train, "make_train_step", no_compile)
+  monkeypatch.setattr(step_lib, "make_train_step", no_compile)
   with pytest.raises(FileNotFoundError) as info:
     train.train_and_evaluate(config, str(tmp_path / "run"))
   message = str(info.value)

@@ -12,6 +12,7 @@ import pytest
 from mi_contrast import config as config_lib
 from mi_contrast import methods
 from mi_contrast import run as run_lib
+from mi_contrast import step as step_lib
 from mi_contrast import train
 import helpers
 from helpers import REPO, assert_devices_agree, child_xla_flags, tiny_config
@@ -20,7 +21,7 @@ from helpers import REPO, assert_devices_agree, child_xla_flags, tiny_config
 @pytest.mark.parametrize("negatives, overrides", [
     ("uniform", {}), ("ring", {}),
     # The first step of 'first_batch' uses the per-batch estimate and stores it: both paths.
-    ("uniform", {"bound": "nce", "nce_partition": "first_batch"}), ("ball", {"num_views": 2})])
+    ("uniform", {"bound": "nce", "ir.nce_partition": "first_batch"}), ("ball", {"num_views": 2})])
 def test_one_device_and_eight_devices_agree(negatives, overrides):
   assert jax.device_count() == 8
   config = tiny_config(negatives, **overrides)
@@ -83,7 +84,7 @@ def test_bad_config_raises_before_compiling(tmp_path, monkeypatch, field, value,
   def no_compile(*args, **kwargs):
     raise AssertionError("the train step was built for an invalid config")
 
-  monkeypatch.setattr(train, "make_train_step", no_compile)
+  monkeypatch.setattr(step_lib, "make_train_step", no_compile)
   with pytest.raises(ValueError, match=needle) as info:
     train.train_and_evaluate(config, str(tmp_path))
   assert "allowed" in str(info.value)

@@ -10,7 +10,7 @@ name. Adding one is one module and one line in REGISTRY below, or, from outside 
   ENCODER: the encoder it embeds with: 'single' (models.ContrastiveEncoder, z [n, D]) or 'lab'
     (models.LabEncoder: L and ab streams, z [n, 2, D]; CMC).
   validate(config, *, num_devices, num_train) -> None: the method's own config rules (what it
-    requires of the shared fields: bound, candidates, negatives, its own sub-config, ...),
+    requires of the shared fields: bound, bank.candidates, negatives, its own sub-config, ...),
     raising ValueError through mi_contrast.checks (num_train may be None). config.validate
     checks every field's type and range first, then calls this.
   describe(config) -> {'negatives': str, 'pool': str, 'objective': str}: what results.json

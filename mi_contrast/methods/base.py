@@ -60,39 +60,40 @@ class Objective(NamedTuple):
 
 
 def require_infonce_without_candidates(config, pool):
-  """bound 'infonce' and candidates = 0: for methods whose negatives are `pool` (not a bank)."""
-  if config.bound != "infonce" or config.candidates:
-    checks.fail("bound" if config.bound != "infonce" else "candidates",
-                config.bound if config.bound != "infonce" else config.candidates,
-                f"bound = 'infonce' and candidates = 0 for method {config.method!r} (its "
+  """bound 'infonce' and bank.candidates = 0: for methods whose negatives are `pool` (not a
+  bank)."""
+  if config.bound != "infonce" or config.bank.candidates:
+    checks.fail("bound" if config.bound != "infonce" else "bank.candidates",
+                config.bound if config.bound != "infonce" else config.bank.candidates,
+                f"bound = 'infonce' and bank.candidates = 0 for method {config.method!r} (its "
                 f"negatives are {pool})")
 
 
 def reject_neighbour_views(config):
   """Neighbour views are IR Ring's (the inner ball of its exact ring)."""
-  if config.neighbour_views:
-    checks.fail("neighbour_views", True, "False, or True with method 'ir', negatives 'ring', "
-                "bound 'infonce' and candidates = 0 (the inner ball of the exact ring are the "
-                "extra positives)")
+  if config.ir.neighbour_views:
+    checks.fail("ir.neighbour_views", True, "False, or True with method 'ir', negatives "
+                "'ring', bound 'infonce' and bank.candidates = 0 (the inner ball of the exact "
+                "ring are the extra positives)")
 
 
 def reject_first_batch_partition(config):
-  """nce_partition 'first_batch' keeps IR's constant log Z in IR's state."""
-  if config.nce_partition == "first_batch":
-    checks.fail("nce_partition", config.nce_partition, "'per_batch' for method "
+  """ir.nce_partition 'first_batch' keeps IR's constant log Z in IR's state."""
+  if config.ir.nce_partition == "first_batch":
+    checks.fail("ir.nce_partition", config.ir.nce_partition, "'per_batch' for method "
                 f"{config.method!r} ('first_batch' keeps IR's constant Z in its state: method "
                 "'ir')")
 
 
-BANK_SHARDED_ALLOWED = ("False, or True with method 'ir', bound 'infonce', candidates = 0, one "
-                        "view and no neighbour views (each shard's rows are the band's "
+BANK_SHARDED_ALLOWED = ("False, or True with method 'ir', bound 'infonce', bank.candidates = 0, "
+                        "one view and no neighbour views (each shard's rows are the band's "
                         "candidates)")
 
 
 def reject_bank_sharded(config):
   """The sharded bank is IR's (methods/sharded_bank.py)."""
-  if config.bank_sharded:
-    checks.fail("bank_sharded", config.bank_sharded, BANK_SHARDED_ALLOWED)
+  if config.bank.sharded:
+    checks.fail("bank.sharded", config.bank.sharded, BANK_SHARDED_ALLOWED)
 
 
 def reject_ir_options(config):

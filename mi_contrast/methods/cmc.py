@@ -30,7 +30,8 @@ ENCODER = "lab"   # models.LabEncoder: one view in, (L, ab) embeddings out
 
 
 def validate(config, *, num_devices, num_train):
-  """CMC takes IR's bank options (bound infonce or nce, candidates), not IR's own ones."""
+  """CMC takes the bank's options (bound infonce or nce, bank.candidates), not IR's own ones
+  (config.ir) nor the sharded bank."""
   del num_devices, num_train
   base.reject_ir_options(config)
 
@@ -43,7 +44,7 @@ def describe(config):
 
 def init_state(rng, config, num_train, variables):
   del variables
-  dtype = jnp.dtype(config.bank_dtype)
+  dtype = jnp.dtype(config.bank.dtype)
   return {"bank_l": memory.bank_init(rng, num_train, config.embedding_dim, dtype),
           "bank_ab": memory.bank_init(jax.random.fold_in(rng, 1), num_train,
                                      config.embedding_dim, dtype)}
@@ -66,6 +67,6 @@ def objective(config, z, indices, state, rng, band, targets=None):
 
 def update_state(config, state, all_indices, all_z, targets=None):
   del targets
-  m = config.bank_momentum
+  m = config.bank.momentum
   return {"bank_l": memory.bank_update(state["bank_l"], all_indices, all_z[0, :, 0], m),
           "bank_ab": memory.bank_update(state["bank_ab"], all_indices, all_z[0, :, 1], m)}

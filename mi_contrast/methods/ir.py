@@ -8,14 +8,14 @@ averaged over views, and the bank stores the normalised mean of the views). For 
   value     = InfoNCE(s_i+, s_i)  = s_i+ - logsumexp([s_i+, s_i]) + log(K + 1)     [nats]
   or, with config.bound = 'nce', IR's original binary NCE with a partition estimate Z:
   log Z = log(N mean exp(z.M[j]/tau)) over the global batch and the bank, re-estimated every
-  step (config.nce_partition = 'per_batch'; no gradient) or, as the reference, on the first
+  step (config.ir.nce_partition = 'per_batch'; no gradient) or, as the reference, on the first
   batch and then constant ('first_batch'; on digits it diverges, see the README).
 Negatives: 'uniform' draws j_k uniformly from {0..N-1} minus {i}; 'ball' and 'ring' draw K
 rows uniformly (with replacement) from each anchor's similarity band of the other N - 1 bank
 rows (IR Ball / IR Ring; the band comes from the annealed outer/inner fractions). The anchor's
-own row is its positive and never one of its negatives. config.neighbour_views: the ring's
+own row is its positive and never one of its negatives. config.ir.neighbour_views: the ring's
 inner ball counts as extra positives (an LA-like objective with nearest neighbours as close
-neighbours; see neighbour_view_objective), after config.neighbour_views_warmup_epochs of IR
+neighbours; see neighbour_view_objective), after config.ir.neighbour_views_warmup_epochs of IR
 Ring. Bank update:
 M[i] <- normalise(m M[i] + (1-m) z_i).
 """
@@ -44,7 +44,7 @@ class IRTargets(NamedTuple):
   """What IR's prepare hands its objective.
 
   warmup: bool scalar; True while the neighbour views' IR Ring warm-up lasts (only read with
-    config.neighbour_views).
+    config.ir.neighbour_views).
   """
   warmup: jax.Array
 
@@ -52,14 +52,14 @@ class IRTargets(NamedTuple):
 def validate(config, *, num_devices, num_train):
   """IR's own rules: neighbour views (exact ring, after a warm-up) and the sharded bank."""
   del num_devices, num_train
-  if config.neighbour_views and (config.negatives != "ring" or config.candidates
-                                 or config.bound != "infonce"):
+  if config.ir.neighbour_views and (config.negatives != "ring" or config.bank.candidates
+                                    or config.bound != "infonce"):
     base.reject_neighbour_views(config)
-  if config.neighbour_views and config.neighbour_views_warmup_epochs >= config.num_epochs:
-    checks.fail("neighbour_views_warmup_epochs", config.neighbour_views_warmup_epochs,
+  if config.ir.neighbour_views and config.ir.neighbour_views_warmup_epochs >= config.num_epochs:
+    checks.fail("ir.neighbour_views_warmup_epochs", config.ir.neighbour_views_warmup_epochs,
                 f"0..{config.num_epochs - 1} (below num_epochs)")
-  if config.bank_sharded and (config.candidates or config.bound != "infonce"
-                              or config.neighbour_views or config.num_views > 1):
+  if config.bank.sharded and (config.bank.candidates or config.bound != "infonce"
+                              or config.ir.neighbour_views or config.num_views > 1):
     base.reject_bank_sharded(config)
 
 
@@ -67,14 +67,14 @@ def describe(config):
   """What results.json reports: negatives from the memory bank; the objective is the bound
   (infonce or nce), or 'neighbour_views'."""
   return {"negatives": config.negatives, "pool": "memory bank",
-          "objective": "neighbour_views" if config.neighbour_views else config.bound}
+          "objective": "neighbour_views" if config.ir.neighbour_views else config.bound}
 
 
 def init_state(rng, config, num_train, variables):
   del variables
   state = {"bank": memory.bank_init(rng, num_train, config.embedding_dim,
-                                    dtype=jnp.dtype(config.bank_dtype))}
-  if config.bound == "nce" and config.nce_partition == "first_batch":
+                                    dtype=jnp.dtype(config.bank.dtype))}
+  if config.bound == "nce" and config.ir.nce_partition == "first_batch":
     # log Z of the NCE partition: estimated on the first step's global batch, then constant.
     state["log_z"] = jnp.full((), jnp.nan, jnp.float32)
   return state
@@ -104,23 +104,23 @@ def partition_estimate(z, bank, temperature):
 
 
 def prepare(config, state, ctx):
-  """Neighbour views: IR Ring (sampled) for config.neighbour_views_warmup_epochs, then exact
+  """Neighbour views: IR Ring (sampled) for config.ir.neighbour_views_warmup_epochs, then exact
   neighbour views; the inner ball only means something once the embedding does."""
-  warm = config.neighbour_views_warmup_epochs * ctx.steps_per_epoch
+  warm = config.ir.neighbour_views_warmup_epochs * ctx.steps_per_epoch
   return IRTargets(warmup=ctx.step < warm), state
 
 
 def objective(config, z, indices, state, rng, band, targets=None):
   """z: [V, b, D] unit rows of this device's anchors; indices: [b] their dataset rows.
 
-  targets: IRTargets (read with config.neighbour_views). Returns per-anchor values [V * b]
+  targets: IRTargets (read with config.ir.neighbour_views). Returns per-anchor values [V * b]
   (view-major).
   """
-  if config.bank_sharded:  # state['bank'] holds this device's rows only (one view)
+  if config.bank.sharded:  # state['bank'] holds this device's rows only (one view)
     return sharded_bank.ir_objective(config, z, indices, state, rng, band)
   num_views = z.shape[0]
   num_rows = state["bank"].shape[0]
-  if config.neighbour_views:
+  if config.ir.neighbour_views:
     rows = jnp.tile(indices, num_views)
     flat = z.reshape(-1, z.shape[-1])
     anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
@@ -133,7 +133,7 @@ def objective(config, z, indices, state, rng, band, targets=None):
   log_z = None
   if config.bound == "nce":
     log_z = partition_estimate(z, state["bank"], config.temperature)
-    if config.nce_partition == "first_batch":
+    if config.ir.nce_partition == "first_batch":
       log_z = jnp.where(jnp.isnan(state["log_z"]), log_z, state["log_z"])
   return bank_objective(config, z, jnp.tile(indices, num_views), anchor_ids, state["bank"], rng,
                         band, log_z)
@@ -161,7 +161,7 @@ def bank_scores(config, z, rows, anchor_ids, bank, rng, band):
   else:
     neg, _ = negatives_lib.band_negatives(
         rng, z, bank, band.lower, band.upper, k, temperature=tau,
-        candidates=config.candidates or None, anchor_ids=anchor_ids, exclude_rows=rows)
+        candidates=config.bank.candidates or None, anchor_ids=anchor_ids, exclude_rows=rows)
   return pos, neg
 
 
@@ -203,11 +203,11 @@ def neighbour_view_objective(config, z, rows, bank, band):
 
 def update_state(config, state, all_indices, all_z, targets=None):
   del targets
-  if config.bank_sharded:
+  if config.bank.sharded:
     return sharded_bank.ir_update_state(config, state, all_indices, all_z)
   z = all_z[0] if all_z.shape[0] == 1 else memory.l2_normalize(jnp.mean(all_z, axis=0))
   new = dict(state, bank=memory.bank_update(state["bank"], all_indices, z,
-                                            config.bank_momentum))
+                                            config.bank.momentum))
   if "log_z" in state:  # the first step's estimate, from the bank before its update
     first = (_log_mean_exp(all_z.reshape(-1, all_z.shape[-1]), state["bank"],
                            config.temperature) + jnp.log(jnp.float32(state["bank"].shape[0])))

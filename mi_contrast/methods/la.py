@@ -72,7 +72,7 @@ def describe(config):
 def init_state(rng, config, num_train, variables):
   del variables
   return {"bank": memory.bank_init(rng, num_train, config.embedding_dim,
-                                   dtype=jnp.dtype(config.bank_dtype)),
+                                   dtype=jnp.dtype(config.bank.dtype)),
           "labels": jnp.zeros((config.la.num_clusterings, num_train), jnp.int32)}
 
 
@@ -170,5 +170,5 @@ def objective(config, z, indices, state, rng, band, targets):
 
 def update_state(config, state, all_indices, all_z, targets=None):
   del targets
-  bank = memory.bank_update(state["bank"], all_indices, all_z[0], config.bank_momentum)
+  bank = memory.bank_update(state["bank"], all_indices, all_z[0], config.bank.momentum)
   return dict(state, bank=bank)

@@ -86,7 +86,7 @@ def init_state(rng, config, num_train, variables):
   copy = lambda tree: jax.tree.map(jnp.array, tree)
   return {"key_params": copy(variables["params"]),
           "key_batch_stats": copy(variables["batch_stats"]),
-          "queue": queue.astype(jnp.dtype(config.bank_dtype)),
+          "queue": queue.astype(jnp.dtype(config.bank.dtype)),
           "queue_ptr": jnp.zeros((), jnp.int32)}
 
 

@@ -1,6 +1,6 @@
 """A memory bank split over the devices, for banks that do not fit on one device.
 
-With `config.bank_sharded`, the bank's N rows are placed in S R slots, R = ceil(N / S), and
+With `config.bank.sharded`, the bank's N rows are placed in S R slots, R = ceil(N / S), and
 device s of S holds slots [s R, (s + 1) R). Dataset row i sits in slot `slot[i]`, a fixed random
 permutation of the rows (seed 0), so a shard's rows are a random sample of the bank whatever the
 order of the dataset (a dataset sorted by class would otherwise give each shard its own
@@ -102,7 +102,7 @@ def ir_update_state(config, state, all_indices, all_z):
   z = jax.lax.stop_gradient(all_z[0]).astype(jnp.float32)
   local, held = _local_rows(state["slot"][all_indices], shard_rows)
   old = shard[local].astype(jnp.float32)
-  new = memory.l2_normalize(config.bank_momentum * old + (1.0 - config.bank_momentum) * z)
+  new = memory.l2_normalize(config.bank.momentum * old + (1.0 - config.bank.momentum) * z)
   target = jnp.where(held, local, shard_rows)  # out of range: dropped
   return {**state, "bank": shard.at[target].set(new.astype(shard.dtype), mode="drop")}
 
