@@ -222,7 +222,7 @@ def default_config(preset=None):
 
 
 # The flat fields of older versions (a config.json written before they moved into their
-# sections) -> (section, field): `upgrade_saved` moves them, `flat_layout` moves them back.
+# sections) -> (section, field): `upgrade_saved` moves them.
 OLD_FIELDS = {
     "nce_partition": ("ir", "nce_partition"),
     "neighbour_views": ("ir", "neighbour_views"),
@@ -254,19 +254,6 @@ def upgrade_saved(saved):
                        f"config.{section}.{field} = {target[field]!r} disagree.")
     target[field] = value
   return upgraded
-
-
-def flat_layout(saved):
-  """The inverse of `upgrade_saved`: a config dict in the layout of the versions before the
-  move (the fields of OLD_FIELDS flat, their sections gone once empty). Returns a new dict."""
-  flat = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
-  for old, (section, field) in OLD_FIELDS.items():
-    if isinstance(flat.get(section), dict) and field in flat[section]:
-      flat[old] = flat[section].pop(field)
-  for section in {section for section, _ in OLD_FIELDS.values()}:
-    if flat.get(section) == {}:
-      del flat[section]
-  return flat
 
 
 CMC_WIDTHS = ("full", "half")
@@ -341,7 +328,7 @@ def _check_choices(config, method_names):
   _choice(config, "ir.nce_partition", ("per_batch", "first_batch"))
   _choice(config, "compute_dtype", DTYPES)
   _choice(config, "eval_split", EVAL_SPLITS)
-  if config.eval_split == "validation" and config.dataset in ("imagenet2012",):
+  if config.eval_split == "validation" and config.dataset == "imagenet2012":
     _fail("eval_split", config.eval_split, "'test' for the streamed imagenet2012 (its "
           "validation split is already the evaluation split)")
   _choice(config, "bank.dtype", DTYPES)

@@ -28,8 +28,6 @@ from mi_contrast import probes
 from mi_contrast import run as run_lib
 
 FLAGS = flags.FLAGS
-# Kept here for callers of earlier versions: a run restored from its workdir.
-load_run_config = checkpoints.load_run_config
 
 
 def protocol_settings(config, data):

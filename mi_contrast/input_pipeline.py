@@ -563,7 +563,7 @@ def load_dataset(config):
     return load_streaming(config)
   else:
     data = load_tfds(config.dataset, config.data_dir, config.download, config.pretrain_split)
-  if config.get("eval_split", "test") == "validation":
+  if config.eval_split == "validation":
     data = validation_split(data, config.validation_fraction, config.split_seed)
   return data
 

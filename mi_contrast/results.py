@@ -13,7 +13,6 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mi_contrast import checkpoints
-from mi_contrast import config as config_lib
 from mi_contrast import methods
 from mi_contrast import probes
 from mi_contrast import run as run_lib
@@ -32,19 +31,7 @@ def params_digest(params):
 
 def config_digest(config):
   """sha256 of the whole config (sorted JSON): results.json's `config_sha256`."""
-  return _digest(json.loads(config.to_json()))
-
-
-def config_digests(config):
-  """The digests a finished run's results.json may hold for `config`: config_digest, and that
-  of the same config in the flat layout of older versions (config.flat_layout), so a run they
-  finished is still recognised."""
-  tree = json.loads(config.to_json())
-  return {_digest(tree), _digest(config_lib.flat_layout(tree))}
-
-
-def _digest(tree):
-  text = json.dumps(tree, sort_keys=True)
+  text = json.dumps(json.loads(config.to_json()), sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -116,9 +103,8 @@ def saved_results(config, workdir, manager, devices=None):
   the device, no probe. It reads run.json (the memory-bank rows and channel statistics the run
   was built with) and results.json, and restores the newest checkpoint into an abstract target.
   It returns the results only if that checkpoint is at the run's last step, results.json has
-  the same steps and the same config digest (config_sha256: probe settings included; that of
-  an older version's layout counts, `config_digests`), and the checkpoint's parameters hash
-  to results.json's params_sha256. Anything else means None:
+  the same steps and the same config digest (config_sha256: probe settings included), and the
+  checkpoint's parameters hash to results.json's params_sha256. Anything else means None:
   the normal path then restores (damaged checkpoints are handled by `restore_latest`) and
   probes.
   """
@@ -138,7 +124,7 @@ def saved_results(config, workdir, manager, devices=None):
   num_steps = run.plan.total_steps
   if (max(steps) != num_steps or not isinstance(saved, dict)
       or saved.get("steps") != num_steps or saved.get("num_pretrain") != num_rows
-      or saved.get("config_sha256") not in config_digests(config)):
+      or saved.get("config_sha256") != config_digest(config)):
     return None
   checkpoints.check_resume_config(workdir, config, num_rows)
   target = checkpoints.state_dict(run_lib.abstract_state(run))

@@ -131,8 +131,12 @@ def build_run(config, devices=None, *, data=None, bank_rows=None, channel_stats=
   """
   mesh = make_mesh(devices)
   num_devices = mesh.devices.size
-  # Before any data are read; the dataset's size is checked once it is known.
-  config_lib.validate(config, num_devices=num_devices if training else 1)
+  checked_devices = num_devices if training else 1
+  if bank_rows is None:  # the fields first, before any data are read; then the dataset's size
+    config_lib.validate(config, num_devices=checked_devices)
+  else:                  # evaluation and export may pass a stand-in row count: not checked
+    config_lib.validate(config, num_devices=checked_devices,
+                        num_train=bank_rows if training else None)
   method = methods.get(config.method)
   recipes = view_recipes(config, method)
   for recipe in recipes:
@@ -141,11 +145,9 @@ def build_run(config, devices=None, *, data=None, bank_rows=None, channel_stats=
   if bank_rows is None:
     data = input_pipeline.load_dataset(config) if data is None else data
     bank_rows, channel_stats = data.num_pretrain, data.channel_stats()
-    config_lib.validate(config, num_devices=num_devices if training else 1, num_train=bank_rows)
+    config_lib.validate(config, num_devices=checked_devices, num_train=bank_rows)
     images, image_shape = device_images(config, data, mesh)
   else:
-    if training:
-      config_lib.validate(config, num_devices=num_devices, num_train=bank_rows)
     channels = len(channel_stats[0])
     image_shape = (config.image_size, config.image_size, channels)  # as device_images gives
   plan = make_plan(config, bank_rows, num_devices)

@@ -128,8 +128,7 @@ def _train_and_evaluate(config, workdir, *, stop_after_steps, reevaluate):
   if manager.all_steps():
     checkpoints.check_resume_config(workdir, config, run.plan.bank_rows)
   state, resumed_from, band_start = _start_or_resume(run, manager, workdir)
-  loop = _Loop(run, workdir, manager, state, resumed_from, stop_after_steps)
-  loop.band_start = band_start
+  loop = _Loop(run, workdir, manager, state, resumed_from, band_start, stop_after_steps)
   preempted = loop.run()
   if loop.step < run.plan.total_steps:
     loop.writer.flush()
@@ -163,7 +162,7 @@ class _Loop:
   """The training loop of a run from `state` (at step `resumed_from`) to the last step, or to
   `stop_after_steps`, or to a SIGTERM. Metrics stay on the device until they are written."""
 
-  def __init__(self, run, workdir, manager, state, resumed_from, stop_after_steps):
+  def __init__(self, run, workdir, manager, state, resumed_from, band_start, stop_after_steps):
     config, plan = run.config, run.plan
     self.run_, self.workdir, self.manager, self.state = run, workdir, manager, state
     self.resumed_from = self.step = resumed_from
@@ -172,7 +171,7 @@ class _Loop:
     self.pending = []        # (step, device metrics) not yet fetched: no host sync per step
     self.last_good = resumed_from if resumed_from else None
     self.last_metrics = {}
-    self.band_start = None   # the band at step 0 (results.json), set by the caller
+    self.band_start = band_start   # the band at step 0 (results.json)
     self.writer = writers.create(workdir, is_lead=multihost.is_lead())
     if resumed_from == 0:
       self.writer.write_hparams({k: v for k, v in json.loads(config.to_json()).items()

@@ -1,7 +1,6 @@
 """Every config file: loads, validates for every preset, and runs a short training per method."""
 
 import glob
-import hashlib
 import importlib.util
 import json
 import os
@@ -168,12 +167,10 @@ def _old_layout(config):
 
 def test_an_old_flat_config_json_loads_and_resumes(tmp_path):
   from mi_contrast import checkpoints
-  from mi_contrast import results as results_lib
   config = _sectioned_config()
   old = _old_layout(config)
   assert set(FLAT_NAMES.values()) <= set(old) and "bank" not in old and "ir" not in old
   assert config_lib.upgrade_saved(old) == json.loads(config.to_json())
-  assert config_lib.flat_layout(json.loads(config.to_json())) == old
   with open(tmp_path / "config.json", "w") as f:
     json.dump(old, f)
 
@@ -185,10 +182,6 @@ def test_an_old_flat_config_json_loads_and_resumes(tmp_path):
 
   # The same run in the new layout continues the old run's checkpoints ...
   checkpoints.check_resume_config(str(tmp_path), config, bank_rows=1437)
-  # ... and a finished old run's results.json (its config_sha256 of the flat layout) is its.
-  old_digest = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
-  assert old_digest in results_lib.config_digests(config)
-  assert old_digest != results_lib.config_digest(config)
   # A real difference is still refused, named by its new field.
   for section, field, value in (("bank", "dtype", "float32"),
                                 ("ir", "nce_partition", "per_batch")):
@@ -197,7 +190,6 @@ def test_an_old_flat_config_json_loads_and_resumes(tmp_path):
     needle = rf"{section}\.{field}: checkpoint '.*' vs config '{value}'"
     with pytest.raises(ValueError, match=needle):
       checkpoints.check_resume_config(str(tmp_path), other, bank_rows=1437)
-    assert old_digest not in results_lib.config_digests(other)
 
 
 def test_old_flat_fields_are_refused_with_their_new_place():

@@ -41,6 +41,13 @@ def test_validation_split_errors_name_the_field():
   config.eval_split = "val"
   with pytest.raises(ValueError, match="eval_split"):
     config_lib.validate(config, num_devices=1)
+  streamed = config_lib.default_config("imagenet2012")
+  streamed.eval_split = "validation"
+  with pytest.raises(ValueError, match="eval_split.*imagenet2012"):
+    config_lib.validate(streamed, num_devices=1)
+  config.eval_split, config.validation_fraction = "validation", 1.0
+  with pytest.raises(ValueError, match="validation_fraction"):
+    config_lib.validate(config, num_devices=1)
   data = input_pipeline.load_dataset(config_lib.default_config())
   with pytest.raises(ValueError, match="validation_fraction"):
     input_pipeline.validation_split(data, 1e-6, 0)
