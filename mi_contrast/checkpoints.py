@@ -57,7 +57,7 @@ def restore_latest(manager, state, sharding):
   errors = []
   for step in steps:
     try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+      restored = _restore_step(manager, step, target, state)
     except Exception as e:  # orbax raises many types for damaged files
       message = (f"checkpoint at step {step} in {manager.directory} is unreadable "
                  f"({type(e).__name__}: {e}); falling back to an older one.")
@@ -75,6 +75,60 @@ def restore_latest(manager, state, sharding):
     raise RuntimeError(f"{manager.directory} holds checkpoints {steps} but none can be read:\n  "
                        + "\n  ".join(errors) + "\nMove them aside to start from scratch.")
   return None
+
+
+def _restore_step(manager, step, target, state):
+  """The checkpoint of `step` restored into `target` (a state dict of ShapeDtypeStructs).
+
+  A checkpoint of an earlier version may lack leaves this version's state has (MoCo's
+  queue_ids): those keep their initial values from `state`, placed as the target says, with
+  a warning that names them; every other leaf is restored.
+  """
+  present = _checkpoint_tree(manager.directory, step)
+  if present is None:  # no readable metadata: let the restore report the damage
+    return manager.restore(step, args=ocp.args.StandardRestore(target))
+  missing = []
+
+  def split(target, present, path):
+    if not isinstance(target, dict):
+      return target
+    kept = {}
+    for key, value in target.items():
+      if key not in present:
+        missing.append(path + (key,))
+      else:
+        kept[key] = split(value, present[key], path + (key,))
+    return kept
+
+  kept = split(target, present, ())
+  restored = manager.restore(step, args=ocp.args.StandardRestore(kept))
+  initial = state_dict(state)
+  for path in missing:
+    value, spec, into = initial, target, restored
+    for key in path:
+      value, spec = value[key], spec[key]
+    for key in path[:-1]:
+      into = into[key]
+    place = lambda x, s: jax.device_put(x, s.sharding) if s.sharding is not None else x
+    into[path[-1]] = jax.tree.map(place, value, spec)
+  if missing:
+    names = ", ".join(".".join(str(k) for k in path) for path in missing)
+    message = (f"checkpoint at step {step} in {manager.directory} is of an earlier version "
+               f"without {names}: starting those from their initial values.")
+    logging.warning(message)
+    warnings.warn(message, UserWarning)
+  return restored
+
+
+def _checkpoint_tree(directory, step):
+  """The nested dict of a checkpoint's leaves' metadata, or None if it cannot be read."""
+  reader = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
+  try:
+    return reader.item_metadata(step)
+  except Exception:  # orbax raises many types for damaged files
+    return None
+  finally:
+    reader.close()
 
 
 def _move_aside(manager, steps):

@@ -73,6 +73,7 @@ __all__ = [
     "band_thresholds",
     "band_negatives",
     "uniform_rows",
+    "false_negative_counts",
 ]
 
 _WORD = 32                      # bits per packed mask word, and columns per counting group
@@ -732,3 +733,37 @@ def uniform_rows(rng, anchor_ids, exclude_rows, num_rows, num):
   drawn = jax.vmap(lambda key, h: jax.random.randint(key, (num,), 0, h))(keys, high)
   own = own[:, None]
   return jnp.where((own >= 0) & (drawn >= own), drawn + 1, drawn)
+
+
+# ---------------------------------------------------------------------------------------------
+# The false-negative diagnostic.
+# ---------------------------------------------------------------------------------------------
+
+
+def false_negative_counts(labels, anchor_rows, negative_rows, keep=None):
+  """How many drawn negatives share their anchor's class: (same, total), int32 scalars.
+
+  A diagnostic only: labels never enter an objective. The share same / total is the fraction
+  of an anchor's negatives that are images of its own class (false negatives): about
+  1 / classes for uniform draws of a balanced dataset, more for a ball or ring of nearest
+  neighbours once the embedding groups classes.
+
+  Args:
+    labels: int [N], the class of each pool image (dataset row); -1: unknown.
+    anchor_rows: int [n], the dataset row of each anchor.
+    negative_rows: int [n, K], or [K] shared by every anchor: the dataset row of each negative;
+      -1: no image (never counted).
+    keep: optional bool [n, K] (or broadcastable): which entries are negatives.
+  Returns:
+    same: negatives whose label equals their anchor's; total: negatives counted, i.e. those
+    with a row and a label >= 0, of anchors with a label >= 0.
+  """
+  labels = jnp.asarray(labels, jnp.int32)
+  rows = jnp.asarray(negative_rows, jnp.int32)
+  anchor = labels[jnp.asarray(anchor_rows, jnp.int32)][:, None]                   # [n, 1]
+  negative = jnp.where(rows >= 0, labels[jnp.maximum(rows, 0)], -1)               # [n|1, K]
+  counted = (negative >= 0) & (anchor >= 0)
+  if keep is not None:
+    counted = counted & keep
+  same = counted & (negative == anchor)
+  return jnp.sum(same, dtype=jnp.int32), jnp.sum(counted, dtype=jnp.int32)

@@ -6,6 +6,8 @@ config.json, and writes next to them:
   bound.png  the bound in nats against its cap log(K + 1)
   knn.png    weighted kNN and 1-NN top-1 accuracy over training
   band.png   the negatives' similarity band [lower, upper] (quantiles) over training
+  false_negatives.png  the share of drawn negatives of the anchor's class over training
+             (`false_negative_share`; only for runs that logged it: labelled data)
   report.md  the final numbers (with the few-shot probes' table), the plots, the configuration
              as command-line overrides
 Needs matplotlib (the Agg backend: no display), not TensorFlow.
@@ -26,6 +28,8 @@ from mi_contrast import writers
 FLAGS = flags.FLAGS
 
 PLOTS = ("loss.png", "bound.png", "knn.png", "band.png")
+# Written too when metrics.jsonl holds the false-negative diagnostic (runs with labels).
+FALSE_NEGATIVES_PLOT = "false_negatives.png"
 
 # results.json fields shown in the table, in order: (key, label, kind).
 _RESULT_ROWS = (
@@ -143,6 +147,24 @@ def write_plots(workdir, records, results=None):
                         ("nn1_top1", "1-NN", {"marker": "s"})], ylim=(0.0, 1.0),
               references=[] if untrained is None else [(untrained, "untrained network, kNN")])
   _plot_band(path("band.png"), records)
+  if false_negative_lines(records):
+    _plot_lines(path(FALSE_NEGATIVES_PLOT), "False negatives: drawn negatives of the anchor's "
+                "class", "share of the drawn negatives", records,
+                [("false_negative_share", "false_negative_share", {})], ylim=(0.0, None))
+
+
+def false_negative_lines(records):
+  """report.md's sentence on the false-negative diagnostic (markdown lines), [] when
+  metrics.jsonl does not hold it (data without labels)."""
+  steps, values = series(records, "false_negative_share")
+  logged = [(s, v) for s, v in zip(steps, values) if math.isfinite(v)]
+  if not logged:
+    return []
+  (first_step, first), (last_step, last) = logged[0], logged[-1]
+  return [f"False negatives (`false_negative_share`): {last:.4f} of the drawn negatives were "
+          f"images of the anchor's class at step {last_step} ({first:.4f} at step "
+          f"{first_step}; uniform draws give the chance level, about 1 / classes). Labels are "
+          "used for this diagnostic only, never by the objective.", ""]
 
 
 def _format(value, kind):
@@ -275,11 +297,14 @@ def render_markdown(workdir, records, results, config, evaluation):
       lines += [_FEWSHOT_CAPTION, ""] + fewshot_lines(evaluation["fewshot"])
 
   lines += ["## Plots", ""]
-  for name, caption in (("loss.png", "Training loss"),
-                        ("bound.png", "Bound and its cap log(K+1)"),
-                        ("knn.png", "kNN and 1-NN accuracy"),
-                        ("band.png", "Negatives' band")):
+  plots = [("loss.png", "Training loss"), ("bound.png", "Bound and its cap log(K+1)"),
+           ("knn.png", "kNN and 1-NN accuracy"), ("band.png", "Negatives' band")]
+  false_negatives = false_negative_lines(records)
+  if false_negatives:
+    plots.append((FALSE_NEGATIVES_PLOT, "Share of drawn negatives of the anchor's class"))
+  for name, caption in plots:
     lines += [f"![{caption}]({name})", ""]
+  lines += false_negatives
 
   lines += ["## Configuration", ""]
   if config is None:

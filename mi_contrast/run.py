@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -99,6 +100,10 @@ class Run:
   image_shape: [H, W, C] of the images the encoder sees.
   lr_schedule: step -> learning rate. band_fn: (step, ring_state) -> (Band, outer fraction).
   recipes: one view recipe name per view.
+  labels: int32 [bank_rows] on every device, the class of each pretraining image, for the
+    false-negative diagnostic only (step.py; no objective reads labels); None where the
+    pretraining images have none (streaming data, unlabelled pretraining splits, a run
+    restored without its dataset): the step then computes no diagnostic.
   """
   config: Any
   mesh: Any
@@ -112,6 +117,7 @@ class Run:
   lr_schedule: Callable
   band_fn: Callable
   recipes: Sequence[str]
+  labels: Any = None
 
   @property
   def streaming(self) -> bool:
@@ -141,12 +147,13 @@ def build_run(config, devices=None, *, data=None, bank_rows=None, channel_stats=
   recipes = view_recipes(config, method)
   for recipe in recipes:
     views_lib.normalize_recipe(recipe)
-  images = {}
+  images, labels = {}, None
   if bank_rows is None:
     data = input_pipeline.load_dataset(config) if data is None else data
     bank_rows, channel_stats = data.num_pretrain, data.channel_stats()
     config_lib.validate(config, num_devices=checked_devices, num_train=bank_rows)
     images, image_shape = device_images(config, data, mesh)
+    labels = pretrain_labels(data, mesh)
   else:
     channels = len(channel_stats[0])
     image_shape = (config.image_size, config.image_size, channels)  # as device_images gives
@@ -156,7 +163,7 @@ def build_run(config, devices=None, *, data=None, bank_rows=None, channel_stats=
              image_shape=tuple(image_shape),
              model=models.build_encoder(config, *channel_stats),
              method=method, tx=tx, lr_schedule=lr_schedule, band_fn=make_band_fn(config, plan),
-             recipes=recipes)
+             recipes=recipes, labels=labels)
 
 
 def make_optimizer(config, plan):
@@ -227,6 +234,16 @@ def device_images(config, data, mesh):
   images = {"train": put(data.train_images), "test": put(data.test_images)}
   images["pretrain"] = images["train"] if data.pretrain_images is None else put(data.pretrain)
   return images, tuple(images["train"].shape[1:])
+
+
+def pretrain_labels(data, mesh):
+  """The pretraining images' labels, int32 [N] on every device (`Run.labels`), or None when
+  they have none: streaming data, and pretraining images of their own (stl10's 'unlabelled'
+  and 'train+unlabelled' pretrain splits)."""
+  if not isinstance(data, input_pipeline.InMemoryData) or data.pretrain_images is not None:
+    return None
+  labels = np.asarray(data.train_labels, np.int32)
+  return jax.device_put(labels, NamedSharding(mesh, P()))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@
   objective<- method (bank scores, ring/ball/uniform negatives, bound), loss = -mean(value)
   params   <- optax update with gradients averaged over devices
   bank     <- updated with the all-gathered (indices, z), identical on every replica
+  share    <- false_negative_share: of the negatives the objective drew, the fraction of the
+              anchor's class (a diagnostic: only with run.labels, and nothing trains on it)
 Data order and randomness are functions of (seed, step) only (run.RootStream, run.StepStream),
 so a run restarted from a checkpoint continues exactly, and the device count never changes the
 math.
@@ -19,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from mi_contrast import input_pipeline
 from mi_contrast import memory
 from mi_contrast import methods
+from mi_contrast import negatives as negatives_lib
 from mi_contrast import schedules
 from mi_contrast import views as views_lib
 from mi_contrast.mesh import AXIS
@@ -33,14 +36,18 @@ def make_train_step(run, *, state_spec=None):
   from (seed, epoch) and gathers the images on the device.
   Streaming data: (state, images, indices) -> (state, metrics), with images [B, S, S, C] and
   dataset indices [B] split over the devices.
+  With `run.labels` (not None), the jitted program takes them as one more input, which the
+  returned function passes, and the metrics gain `false_negative_share`; the rest of the step
+  is the same program, so training is bit-identical with and without them (a run without
+  labels: `dataclasses.replace(run, labels=None)`).
   """
   plan = run.plan
 
-  def in_memory(state, train_images):
+  def in_memory(state, train_images, labels=None):
     indices = _device_indices(state, plan)
-    return per_device(state, train_images[indices], indices)
+    return per_device(state, train_images[indices], indices, labels)
 
-  def per_device(state, images, indices):
+  def per_device(state, images, indices, labels=None):
     step = state.step
     step_key = jax.random.fold_in(stream(state.rng, RootStream.STEPS), step)
     views = views_lib.make_views(stream(step_key, StepStream.VIEWS),
@@ -56,8 +63,11 @@ def make_train_step(run, *, state_spec=None):
                        stream(step_key, StepStream.OBJECTIVE))
     (loss, (out, z, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    return _apply(run, state, grads, loss, out, z, batch_stats, indices, method_state,
-                  targets, band, outer)
+    new_state, metrics = _apply(run, state, grads, loss, out, z, batch_stats, indices,
+                                method_state, targets, band, outer)
+    if labels is not None and out.drawn is not None:
+      metrics["false_negative_share"] = false_negative_share(labels, out.drawn)
+    return new_state, metrics
 
   # pmap semantics (check_vma=False): the per-device program states its collectives itself,
   # and every state leaf it returns is replicated by construction (pmean, all_gather), or
@@ -67,9 +77,37 @@ def make_train_step(run, *, state_spec=None):
     fn, in_specs = per_device, (state_spec, P(AXIS), P(AXIS))
   else:
     fn, in_specs = in_memory, (state_spec, P())
+  if run.labels is not None:
+    in_specs += (P(),)           # the labels, replicated
   sharded = jax.shard_map(fn, mesh=run.mesh, in_specs=in_specs, out_specs=(state_spec, P()),
                           check_vma=False)
-  return jax.jit(sharded, donate_argnums=(0,))
+  step = jax.jit(sharded, donate_argnums=(0,))
+  if run.labels is None:
+    return step
+  return _with_labels(step, run.labels)
+
+
+def _with_labels(step, labels):
+  """step(state, *inputs, labels) as (state, *inputs) -> (state, metrics): the labels are
+  already on the devices, so a call moves nothing from the host."""
+  def with_labels(state, *inputs):
+    return step(state, *inputs, labels)
+  return with_labels
+
+
+def false_negative_share(labels, drawn):
+  """The fraction of the global batch's drawn negatives whose class is their anchor's,
+  float32 scalar (NaN when no drawn negative has a label: MoCo's first step, whose queue
+  holds random keys only).
+
+  labels: int [N] of the pool's images; drawn: methods.DrawnNegatives of this device's
+  anchors. Counts are summed over the devices before the division, so 1 and 8 devices give
+  the same share; for a fixed number of negatives per anchor it is the mean over anchors.
+  """
+  same, total = negatives_lib.false_negative_counts(labels, drawn.anchors, drawn.rows,
+                                                    drawn.keep)
+  same, total = jax.lax.psum((same, total), AXIS)
+  return same.astype(jnp.float32) / total.astype(jnp.float32)
 
 
 def _device_indices(state, plan):

@@ -92,7 +92,8 @@ def last_scalars(workdir, keys):
 
 
 class Progress:
-  """Logs step, loss, bound, throughput (images/s per device) and the ETA."""
+  """Logs step, loss, bound, the band and the false-negative share (when logged), throughput
+  (images/s per device) and the ETA."""
 
   def __init__(self, num_steps, first_step, global_batch, num_devices):
     self._num_steps = num_steps
@@ -113,6 +114,8 @@ class Progress:
     per_device = (self._rate or 0.0) * self._batch / self._devices
     band = (f"  band [{metrics['band_lower']:.3f}, {metrics['band_upper']:.3f}]"
             if "band_lower" in metrics else "")
+    if "false_negative_share" in metrics:  # labelled data only
+      band += f"  false negatives {metrics['false_negative_share']:.3f}"
     logging.info("step %d/%d  loss %.4f  bound %.3f / cap %.3f nats%s  %.1f img/s/device  "
                  "ETA %s", step, self._num_steps, metrics["loss"], metrics["bound_nats"],
                  metrics["log_k_plus_1"], band, per_device, _format_eta(eta))

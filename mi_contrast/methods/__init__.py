@@ -23,7 +23,9 @@ name. Adding one is one module and one line in REGISTRY below, or, from outside 
     a NamedTuple of the method's module (IRTargets, LATargets, MocoTargets), passed through the
     trainer untouched; None for a method without prepare.
   objective(config, z, indices, state, rng, band, targets) -> Objective, per device inside the
-    step; z [V_online, b, ...] unit embeddings.
+    step; z [V_online, b, ...] unit embeddings. Its optional `drawn` (DrawnNegatives: the
+    dataset rows of the anchors and of their negatives) feeds the false-negative diagnostic
+    (step.false_negative_share, with the run's labels); the objective never reads labels.
   update_state(config, state, all_indices, all_z, targets) -> new state, from the all-gathered
     (index, z) of the global batch (identical on every replica).
 """
@@ -33,7 +35,7 @@ from mi_contrast.methods import ir
 from mi_contrast.methods import la
 from mi_contrast.methods import moco
 from mi_contrast.methods import simclr
-from mi_contrast.methods.base import Band, Objective, StepContext
+from mi_contrast.methods.base import Band, DrawnNegatives, Objective, StepContext
 
 REGISTRY = {"ir": ir, "la": la, "cmc": cmc, "moco": moco, "simclr": simclr}
 
@@ -125,6 +127,7 @@ def describe_objective(config):
   return describe(config)["objective"]
 
 
-__all__ = ["Band", "ENCODERS", "Objective", "REGISTRY", "REQUIRED", "StepContext", "describe",
-           "describe_negatives", "describe_objective", "encoder_kind", "get", "num_views",
-           "online_views", "prepare", "register", "unregister"]
+__all__ = ["Band", "DrawnNegatives", "ENCODERS", "Objective", "REGISTRY", "REQUIRED",
+           "StepContext", "describe", "describe_negatives", "describe_objective",
+           "encoder_kind", "get", "num_views", "online_views", "prepare", "register",
+           "unregister"]

@@ -4,6 +4,7 @@ the typed targets' helpers, and the config rules several methods share."""
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from mi_contrast import checks
 
@@ -34,6 +35,23 @@ class StepContext(NamedTuple):
   rng: jax.Array
 
 
+class DrawnNegatives(NamedTuple):
+  """Which images an objective took as negatives, by dataset row: the input of the
+  false-negative diagnostic (step.py's `false_negative_share`). The objective never reads it,
+  and nothing of it carries a gradient.
+
+  anchors: int [n], the dataset row of each anchor (the rows of the Objective's values).
+  rows: int [n, K], the dataset row of each anchor's K negatives, or [K] when every anchor
+    scores the same pool entries (MoCo's queue, SimCLR's batch); -1 where an entry is no
+    dataset image (MoCo's initial random keys, padding): it is left out of the share.
+  keep: bool [n, K], or None (every entry is a negative): the entries of a shared pool that
+    are the anchor's negatives (its band, or the batch minus the anchor's own image).
+  """
+  anchors: jax.Array
+  rows: jax.Array
+  keep: Any = None
+
+
 class Objective(NamedTuple):
   """Per-example outputs of a method's objective, [n] each (n anchors on this device).
 
@@ -41,11 +59,28 @@ class Objective(NamedTuple):
   bound: the InfoNCE bound of the same scores (equals value for InfoNCE-shaped objectives).
   cap: log(1 + number of negatives in the partition), the bound's maximum.
   aux: method-specific pytree (unused by the trainer).
+  drawn: DrawnNegatives of those anchors, or None (a method that does not report them: no
+    false-negative diagnostic).
   """
   value: jax.Array
   bound: jax.Array
   cap: jax.Array
   aux: Any = None
+  drawn: Any = None
+
+
+def pad_drawn(drawn, width):
+  """`drawn` with rows and keep [n, width]: a shared [K] row broadcast to every anchor, then
+  columns of -1 (no image) appended. The two branches of a lax.cond that draw different
+  numbers of negatives (a warm-up and the method proper) return the same shapes this way."""
+  n = drawn.anchors.shape[0]
+  rows = jnp.broadcast_to(drawn.rows, (n, drawn.rows.shape[-1])).astype(jnp.int32)
+  keep = (jnp.ones(rows.shape, bool) if drawn.keep is None
+          else jnp.broadcast_to(drawn.keep, rows.shape))
+  pad = ((0, 0), (0, width - rows.shape[1]))
+  return DrawnNegatives(anchors=drawn.anchors.astype(jnp.int32),
+                        rows=jnp.pad(rows, pad, constant_values=-1),
+                        keep=jnp.pad(keep, pad, constant_values=False))
 
 
 # ----------------------------------------------------------------------------------------------

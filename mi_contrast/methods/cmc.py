@@ -62,7 +62,8 @@ def objective(config, z, indices, state, rng, band, targets=None):
   ab_to_l = ir.bank_objective(config, z_ab, indices, indices + num_rows, state["bank_l"], rng,
                               band, log_z(z_ab, state["bank_l"]))
   value, bound, cap = (jnp.concatenate([a, b]) for a, b in zip(l_to_ab[:3], ab_to_l[:3]))
-  return Objective(value=2.0 * value, bound=bound, cap=cap)
+  drawn = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), l_to_ab.drawn, ab_to_l.drawn)
+  return Objective(value=2.0 * value, bound=bound, cap=cap, drawn=drawn)
 
 
 def update_state(config, state, all_indices, all_z, targets=None):

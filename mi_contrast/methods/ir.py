@@ -124,8 +124,12 @@ def objective(config, z, indices, state, rng, band, targets=None):
     rows = jnp.tile(indices, num_views)
     flat = z.reshape(-1, z.shape[-1])
     anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
-    warm_up = lambda z: bank_objective(config, z, rows, anchor_ids, state["bank"], rng, band)
-    neighbours = lambda z: neighbour_view_objective(config, z, rows, state["bank"], band)
+    # Both branches report their negatives as [n, max(K, N)] (base.pad_drawn).
+    width = max(config.num_negatives, num_rows)
+    padded = lambda out: out._replace(drawn=base.pad_drawn(out.drawn, width))
+    warm_up = lambda z: padded(bank_objective(config, z, rows, anchor_ids, state["bank"], rng,
+                                              band))
+    neighbours = lambda z: padded(neighbour_view_objective(config, z, rows, state["bank"], band))
     return jax.lax.cond(targets.warmup, warm_up, neighbours, flat)
   # View v of image i draws its own negatives: key id v * N + i.
   anchor_ids = (jnp.arange(num_views)[:, None] * num_rows + indices[None, :]).reshape(-1)
@@ -143,9 +147,10 @@ def bank_scores(config, z, rows, anchor_ids, bank, rng, band):
   """Scores of anchors z [n, D] against a bank [N, D] (no gradient to the bank), / tau.
 
   rows: [n] each anchor's own bank row (its positive); anchor_ids: [n] ints that key each
-  anchor's random negatives. Returns (pos [n], neg [n, K]): K = config.num_negatives rows
-  drawn uniformly from the bank ('uniform') or from the anchor's band ('ball', 'ring'); the
-  anchor's own row is never one of them (the band is cut over the other N - 1 rows).
+  anchor's random negatives. Returns (pos [n], neg [n, K], neg_rows [n, K]): K =
+  config.num_negatives rows drawn uniformly from the bank ('uniform') or from the anchor's
+  band ('ball', 'ring'), and their bank rows; the anchor's own row is never one of them (the
+  band is cut over the other N - 1 rows).
   """
   bank = jax.lax.stop_gradient(bank).astype(jnp.float32)
   num_rows = bank.shape[0]
@@ -159,10 +164,10 @@ def bank_scores(config, z, rows, anchor_ids, bank, rng, band):
     scores = z @ bank.T / tau
     neg = jnp.take_along_axis(scores, neg_rows, axis=1)
   else:
-    neg, _ = negatives_lib.band_negatives(
+    neg, neg_rows = negatives_lib.band_negatives(
         rng, z, bank, band.lower, band.upper, k, temperature=tau,
         candidates=config.bank.candidates or None, anchor_ids=anchor_ids, exclude_rows=rows)
-  return pos, neg
+  return pos, neg, neg_rows
 
 
 def bank_objective(config, z, rows, anchor_ids, bank, rng, band, log_z=None):
@@ -170,14 +175,15 @@ def bank_objective(config, z, rows, anchor_ids, bank, rng, band, log_z=None):
 
   config.bound = 'nce' needs log_z, the log partition estimate (partition_estimate).
   """
-  pos, neg = bank_scores(config, z, rows, anchor_ids, bank, rng, band)
+  pos, neg, neg_rows = bank_scores(config, z, rows, anchor_ids, bank, rng, band)
   infonce = bounds.infonce(pos, neg)
   if config.bound == "nce":
     value = bounds.nce(pos, neg, log_z, bank.shape[0])
   else:
     value = infonce
   cap = jnp.full_like(pos, math.log(config.num_negatives + 1))
-  return Objective(value=value, bound=infonce, cap=cap)
+  return Objective(value=value, bound=infonce, cap=cap,
+                   drawn=base.DrawnNegatives(anchors=rows, rows=neg_rows))
 
 
 def neighbour_view_objective(config, z, rows, bank, band):
@@ -198,7 +204,8 @@ def neighbour_view_objective(config, z, rows, bank, band):
   inner, ring = inner & ~own, ring & ~own
   cap = bounds.infonce_cap(others, ring)
   value = bounds.neighbour_view_objective(pos, others, inner, ring) + cap
-  return Objective(value=value, bound=bounds.infonce(pos, others, ring), cap=cap)
+  drawn = base.DrawnNegatives(anchors=rows, rows=jnp.arange(bank.shape[0]), keep=ring)
+  return Objective(value=value, bound=bounds.infonce(pos, others, ring), cap=cap, drawn=drawn)
 
 
 def update_state(config, state, all_indices, all_z, targets=None):

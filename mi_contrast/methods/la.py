@@ -147,7 +147,8 @@ def la_objective(pos, scores, rows, labels, background):
   cap = math.log(background + 1)
   value = bounds.neighbour_view_objective(pos, neg, close, ~close) + cap
   return Objective(value=value, bound=bounds.infonce(pos, neg),
-                   cap=jnp.full_like(pos, cap), aux={"close": jnp.sum(close, axis=1)})
+                   cap=jnp.full_like(pos, cap), aux={"close": jnp.sum(close, axis=1)},
+                   drawn=base.DrawnNegatives(anchors=rows, rows=near))
 
 
 def objective(config, z, indices, state, rng, band, targets):
@@ -155,15 +156,19 @@ def objective(config, z, indices, state, rng, band, targets):
   warm-up, then LA's."""
   z = z[0]
   bank = jax.lax.stop_gradient(state["bank"]).astype(jnp.float32)
+  # Both branches report their negatives as [b, max(K, background)] (base.pad_drawn).
+  width = max(config.num_negatives, config.la.background)
 
   def warm_up(z):
     out = ir.bank_objective(config, z, indices, indices, bank, rng, band)
-    return Objective(out.value, out.bound, out.cap, {"close": jnp.zeros_like(indices)})
+    return Objective(out.value, out.bound, out.cap, {"close": jnp.zeros_like(indices)},
+                     base.pad_drawn(out.drawn, width))
 
   def local_aggregation(z):
     scores = z @ bank.T / config.temperature
     pos = jnp.sum(z * bank[indices], axis=-1) / config.temperature
-    return la_objective(pos, scores, indices, state["labels"], config.la.background)
+    out = la_objective(pos, scores, indices, state["labels"], config.la.background)
+    return out._replace(drawn=base.pad_drawn(out.drawn, width))
 
   return jax.lax.cond(targets.warmup, warm_up, local_aggregation, z)
 

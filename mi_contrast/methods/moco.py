@@ -28,7 +28,11 @@ older keys), so with global query statistics it does so less than in the referen
 More groups weaken the correlation (1/sqrt(G)). config.sync_batch_norm = False gives the
 reference's per-device query statistics, but then the step depends on the device count (one
 device: the whole batch again). Its effect on the numbers here has not been measured.
-Queue init: random unit rows (reference).
+Queue init: random unit rows (reference). The state's queue_ids [K] hold the dataset row of
+each entry's image (-1: an initial random key), enqueued with the keys; only the false-negative
+diagnostic reads them. A checkpoint of an earlier version has none: evaluation and export
+restore it as it is (its own tree), and these functions take a state without queue_ids (no
+diagnostic), but training does not resume from it (the restore names method_state.queue_ids).
 """
 
 from typing import NamedTuple
@@ -84,9 +88,12 @@ def init_state(rng, config, num_train, variables):
   queue = memory.l2_normalize(
       jax.random.normal(rng, (config.num_negatives, config.embedding_dim), jnp.float32))
   copy = lambda tree: jax.tree.map(jnp.array, tree)
+  # queue_ids: the dataset row of each queue entry's image, -1 for the initial random keys;
+  # only the false-negative diagnostic reads it (step.py), never the objective.
   return {"key_params": copy(variables["params"]),
           "key_batch_stats": copy(variables["batch_stats"]),
           "queue": queue.astype(jnp.dtype(config.bank.dtype)),
+          "queue_ids": jnp.full((config.num_negatives,), -1, jnp.int32),
           "queue_ptr": jnp.zeros((), jnp.int32)}
 
 
@@ -135,8 +142,10 @@ def prepare(config, state, ctx):
 
 
 def objective(config, z, indices, state, rng, band, targets):
-  """z: [1, b, D] unit queries; targets: MocoTargets, their unit keys. Values [b]."""
-  del indices, rng
+  """z: [1, b, D] unit queries; indices: [b] their dataset rows; targets: MocoTargets, their
+  unit keys. Values [b]; drawn: the queue's images (state['queue_ids']), the band's entries
+  for ball and ring (None for a state without queue_ids, or without indices)."""
+  del rng
   keys = targets.keys
   q = z[0]
   tau = config.temperature
@@ -147,15 +156,22 @@ def objective(config, z, indices, state, rng, band, targets):
   if config.negatives != "uniform":
     keep = negatives_lib.ring_mask(jax.lax.stop_gradient(neg), band.lower, band.upper)
   value = bounds.infonce(pos, neg, keep)
-  return Objective(value=value, bound=value, cap=bounds.infonce_cap(neg, keep))
+  drawn = None
+  if "queue_ids" in state and indices is not None:
+    drawn = base.DrawnNegatives(anchors=indices, rows=state["queue_ids"], keep=keep)
+  return Objective(value=value, bound=value, cap=bounds.infonce_cap(neg, keep), drawn=drawn)
 
 
 def update_state(config, state, all_indices, all_z, targets):
-  """Enqueue the global batch's keys (FIFO); targets: MocoTargets."""
-  del config, all_indices, all_z
+  """Enqueue the global batch's keys (FIFO), and their images' dataset rows all_indices [B]
+  in queue_ids (a state without queue_ids stays without); targets: MocoTargets."""
+  del config, all_z
   keys = jax.lax.all_gather(targets.keys, AXIS,
                             tiled=True)                             # [B, D]
-  queue = jax.lax.dynamic_update_slice_in_dim(
-      state["queue"], keys.astype(state["queue"].dtype), state["queue_ptr"], axis=0)
-  ptr = (state["queue_ptr"] + keys.shape[0]) % queue.shape[0]
-  return dict(state, queue=queue, queue_ptr=ptr.astype(jnp.int32))
+  enqueue = lambda old, new: jax.lax.dynamic_update_slice_in_dim(
+      old, new.astype(old.dtype), state["queue_ptr"], axis=0)
+  new = dict(state, queue=enqueue(state["queue"], keys))
+  if "queue_ids" in state:
+    new["queue_ids"] = enqueue(state["queue_ids"], all_indices)
+  ptr = (state["queue_ptr"] + keys.shape[0]) % state["queue"].shape[0]
+  return dict(new, queue_ptr=ptr.astype(jnp.int32))

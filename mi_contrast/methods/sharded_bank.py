@@ -31,7 +31,7 @@ import numpy as np
 from mi_contrast import bounds
 from mi_contrast import memory
 from mi_contrast import negatives as negatives_lib
-from mi_contrast.methods.base import Objective
+from mi_contrast.methods.base import DrawnNegatives, Objective
 from mi_contrast.mesh import AXIS
 
 
@@ -86,13 +86,26 @@ def ir_objective(config, z, indices, state, rng, band):
     scores = jnp.dot(everyone, shard.T, preferred_element_type=jnp.float32) / tau
     neg_all = jnp.take_along_axis(scores, rows, axis=1)
   else:
-    neg_all, _ = negatives_lib.band_negatives(
+    neg_all, rows = negatives_lib.band_negatives(
         shard_key, everyone, shard, band.lower, band.upper, per_shard, temperature=tau,
         anchor_ids=all_indices, exclude_rows=own, pool_rows=valid)
   # Row block j of neg_all (device j's anchors) goes to device j, next to the other shards'.
-  neg = jax.lax.all_to_all(neg_all, AXIS, 0, 1, tiled=True)[:, :k]  # [b, K]
+  to_anchors = lambda x: jax.lax.all_to_all(x, AXIS, 0, 1, tiled=True)[:, :k]   # [b, K]
+  neg = to_anchors(neg_all)
   value = bounds.infonce(pos, neg)
-  return Objective(value=value, bound=value, cap=jnp.full_like(pos, math.log(k + 1)))
+  drawn = DrawnNegatives(anchors=indices,
+                         rows=to_anchors(_dataset_rows(state, rows, shard_rows)))
+  return Objective(value=value, bound=value, cap=jnp.full_like(pos, math.log(k + 1)),
+                   drawn=drawn)
+
+
+def _dataset_rows(state, local, shard_rows):
+  """The dataset rows of this device's shard positions `local` (int, any shape): -1 for a
+  padding slot."""
+  num_rows = state["slot"].shape[0]
+  row_of_slot = jnp.full((shard_rows * jax.lax.axis_size(AXIS),), -1, jnp.int32).at[
+      state["slot"]].set(jnp.arange(num_rows, dtype=jnp.int32))
+  return row_of_slot[jax.lax.axis_index(AXIS) * shard_rows + local]
 
 
 def ir_update_state(config, state, all_indices, all_z):

@@ -44,8 +44,9 @@ def init_state(rng, config, num_train, variables):
 
 
 def objective(config, z, indices, state, rng, band, targets=None):
-  """z: [V, b, D] unit rows of this device's images; returns per-anchor values [V * b]."""
-  del indices, state, rng, targets
+  """z: [V, b, D] unit rows of this device's images, indices: [b] their dataset rows; returns
+  per-anchor values [V * b], and as drawn negatives the batch's images (its kept columns)."""
+  del state, rng, targets
   num_views, local, dim = z.shape
   everyone = jax.lax.all_gather(z, AXIS, axis=1, tiled=True)   # [V, B, D]
   batch = everyone.shape[1]
@@ -70,7 +71,18 @@ def objective(config, z, indices, state, rng, band, targets=None):
   pos_cols = others[view] * batch + image[:, None]                 # [V*b, V-1]
   pos = jnp.take_along_axis(scores, pos_cols, axis=1)
   value = jnp.mean(jax.vmap(bounds.infonce, in_axes=(1, None, None))(pos, scores, keep), axis=0)
-  return Objective(value=value, bound=value, cap=bounds.infonce_cap(scores, keep))
+  return Objective(value=value, bound=value, cap=bounds.infonce_cap(scores, keep),
+                   drawn=_drawn(indices, num_views, keep))
+
+
+def _drawn(indices, num_views, keep):
+  """DrawnNegatives of the [V*b] anchors: column c of the [V*B] batch is the image of global
+  row c mod B; None without indices."""
+  if indices is None:
+    return None
+  all_indices = jax.lax.all_gather(indices, AXIS, tiled=True)       # [B]
+  return base.DrawnNegatives(anchors=jnp.tile(indices, num_views),
+                             rows=jnp.tile(all_indices, num_views), keep=keep)
 
 
 def update_state(config, state, all_indices, all_z, targets=None):
