@@ -200,3 +200,27 @@ def test_old_flat_fields_are_refused_with_their_new_place():
   both = dict(_old_layout(_sectioned_config()), bank={"dtype": "float32"})
   with pytest.raises(ValueError, match=r"bank_dtype = 'bfloat16' .*bank\.dtype = 'float32'"):
     config_lib.upgrade_saved(both)
+
+
+
+def test_data_dir_can_be_set_from_the_command_line(tmp_path):
+  """config.data_dir starts as None but is a placeholder, so `--config.data_dir=<dir>` sets it
+  (ml_collections refuses a flag override of a field that holds a plain None): main reads the
+  directory given, here one whose train images file is not an IDX file, and fails naming it."""
+  import gzip
+  import subprocess
+  import sys
+  import helpers
+  from mi_contrast import input_pipeline
+  for name in input_pipeline.FASHION_MNIST_FILES.values():
+    with gzip.open(tmp_path / name, "wb") as f:
+      f.write(b"not an IDX file")
+  env = dict(os.environ, XLA_FLAGS=helpers.child_xla_flags(1), JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "-m", "mi_contrast.main", "--config=configs/ring.py:fashion_mnist",
+       f"--workdir={tmp_path / 'run'}", f"--config.data_dir={tmp_path}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "Unknown command line flag" not in proc.stderr
+  assert str(tmp_path) in proc.stderr and "train-images-idx3-ubyte.gz" in proc.stderr
+  assert config_lib.default_config("fashion_mnist").data_dir is None
