@@ -1,0 +1,749 @@
+"""Ring against uniform negatives, with seeds: IR, MoCo and SimCLR (and IR Ball) on one budget.
+
+  python experiments/negatives_study.py                      # fashion_mnist, 7 arms x 3 seeds
+  python experiments/negatives_study.py --quick              # digits, tiny budget (~8 min here)
+  python experiments/negatives_study.py --arms=ir_uniform,ir_ring --seeds=1337,1 --epochs=4
+
+Arms (config file -> method, negatives):
+  ir_uniform configs/ir.py, ir_ring configs/ring.py, ir_ball configs/ball.py,
+  moco_uniform configs/moco.py, moco_ring configs/moco_ring.py,
+  simclr_uniform configs/simclr.py, simclr_ring configs/simclr_ring.py.
+CMC is left out: its L/ab split of Lab colour means nothing on grey images, so SimCLR stands in
+for the in-batch family.
+
+What is shared. Every arm runs `python -m mi_contrast.main --config=configs/<arm>.py:<dataset>`
+with overrides that set every field to one study value, except the fields an arm is made of:
+`method`, `negatives`, `bound` and `ring.*` (the band and its annealing, which the uniform arms
+ignore). So views, encoder, width, batch, epochs, learning rate and schedule, temperature,
+K = num_negatives (4,096 on fashion_mnist, a multiple of the batch as MoCo's queue needs; the
+IR configs' own 4,095 is overridden), probes and evaluation split are the same for every arm.
+The study value of a field is the dataset preset's (`mi_contrast/config.py`) unless STUDY
+below or --set says otherwise. The per-arm differences left are printed before anything runs
+(the check that nothing else differs): IR Ring, IR Ball and MoCo Ring anneal rho_o
+1.0 -> 0.1, SimCLR Ring 1.0 -> 0.5 (its config's in-batch band: 510 in-batch candidates at
+batch 256), rho_i = 0.1, over the first half of training. Each method keeps its own number of
+views (IR 1, MoCo and SimCLR 2) of the same recipe.
+
+Budget (fixed, the same for every arm): fashion_mnist, all 60,000 training images (the config
+has no field to train on a subset), batch 256, 234 steps per epoch, --epochs (default 5:
+1,170 steps, the preset's 1 warm-up epoch then cosine), the preset's encoder (the digits
+ResNet at width 16); probes on the 10,000 test images (eval_split = test), the preset's
+(100-epoch linear probe, kNN k = 200, few-shot). The default is the largest budget whose 21
+runs fit in about 6 hours of the 2-core CPU (IR about 105 s per epoch there, MoCo and SimCLR,
+two views, about 230 s, and 2-3 min of end-of-run probes per run). It is below the budget
+where representations beat raw pixels: IR Ring at 5 epochs (48,000 images, validation split)
+reached linear 0.806 / 10-shot 0.646 against raw pixels' 0.855 / 0.711
+(experiments/results/fashion_recipe_search.jsonl).
+--quick: digits (1,438 train / 359 test), 2 epochs of batch 128 (22 steps), a 30-epoch linear
+probe, seed 1337 alone, all 7 arms: 8 min there. It checks the plumbing, not the science.
+
+--data_dir: config.data_dir (the folder of the four IDX files). Fields the arm's config leaves
+at None are set through a generated config file, <workdir_root>/configs/<arm>.py, which loads
+configs/<arm>.py and sets them (ml_collections takes no flag for a plain None field).
+
+Outputs:
+  --out (default experiments/results/negatives_study_<dataset>.json; --quick:
+  negatives_study_quick.json), rewritten atomically after every finished run, so a partial
+  study is a valid JSON; it holds this command's arms and seeds (the workdirs hold every run): `runs` (one record per method, negatives, seed), `arms` (mean and std
+  over seeds), `paired` (ring minus uniform per method on shared seeds, and IR ball minus
+  uniform: mean difference and its standard error std / sqrt(n), None for n < 2), `failed`.
+  A PNG next to it (same name, .png): accuracy per arm with seed error bars, and the
+  false-negative share against training step for the ring and ball arms (when logged).
+
+Resumable: each run's workdir is <workdir_root>/<method>_<negatives>_s<seed>. A run whose
+results.json matches its config (config_sha256) is read, not started; any other is started
+with the same command, which resumes from its newest checkpoint. Runs are child processes,
+--max_parallel at a time (1 by default; on one GPU several small runs can share the device).
+SIGTERM or Ctrl-C stops the children (SIGTERM: a checkpoint at the next step) and writes the
+JSON; the same command later continues.
+
+The false-negative share (the share of a step's negatives that have the anchor's class) is
+read from metrics.jsonl (`false_negative_share`) when the trainer logs it: the value of the
+first record at or after the end of annealing (round(ring.anneal_fraction * steps)), and the
+whole series for the plot; None when it is not logged. `false_negative_chance` is what
+uniform draws give: the chance that another training image has the anchor's class.
+"""
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from mi_contrast import config as config_lib  # noqa: E402
+
+RESULTS = os.path.join(HERE, "results")
+
+# arm -> config file. Order: the JSON's and the plot's.
+ARMS = {
+    "ir_uniform": "configs/ir.py",
+    "ir_ring": "configs/ring.py",
+    "ir_ball": "configs/ball.py",
+    "moco_uniform": "configs/moco.py",
+    "moco_ring": "configs/moco_ring.py",
+    "simclr_uniform": "configs/simclr.py",
+    "simclr_ring": "configs/simclr_ring.py",
+}
+# What an arm is made of; every other field is set to the study's value.
+ARM_FIELDS = ("method", "negatives", "bound")
+ARM_SECTIONS = ("ring.",)
+
+DEFAULT_SEEDS = (1337, 1, 2)
+DEFAULT_EPOCHS = {"fashion_mnist": 5, "digits": 40}
+# Study values beyond the preset's (dataset -> field -> value).
+STUDY = {
+    # K = 4,096: a multiple of the batch (MoCo's queue), the same for IR's bank draws.
+    "fashion_mnist": {"num_negatives": 4096},
+    # The digits recipe of configs/ring.py (views without the flip, temperature 0.1).
+    "digits": {"views": "digits_noflip", "temperature": 0.1, "num_negatives": 1024},
+}
+QUICK = {"num_epochs": 2, "warmup_epochs": 0, "probe_epochs": 30, "eval_every_steps": 1000,
+         "log_every_steps": 2}
+QUICK_SEEDS = (1337,)
+METRICS = ("linear_top1", "knn_top1", "fewshot_10", "bound_nats", "log_k_plus_1",
+           "false_negative_share")
+PAIRED_METRICS = ("linear_top1", "knn_top1", "fewshot_10", "bound_nats", "false_negative_share")
+SIDECAR = "study_run.json"   # per workdir: commit and seconds of the study's child processes
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs: the arms' effective configs and the flags that give them.
+# ----------------------------------------------------------------------------------------------
+
+def load_arm_config(arm, preset):
+  path = os.path.join(REPO, ARMS[arm])
+  spec = importlib.util.spec_from_file_location(f"study_{arm}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+def flatten(c, prefix=""):
+  out = {}
+  for key, value in c.items():
+    if hasattr(value, "items"):
+      out.update(flatten(value, prefix + key + "."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def set_field(c, key, value):
+  *parents, leaf = key.split(".")
+  for part in parents:
+    c = c[part]
+  c[leaf] = value
+
+
+def parse_assignment(text):
+  """'probe_epochs=5' -> ('probe_epochs', 5): the value as JSON, else a string."""
+  key, sep, raw = text.partition("=")
+  if not sep or not key:
+    raise SystemExit(f"--set {text!r}: expected FIELD=VALUE, e.g. --set=probe_epochs=5")
+  try:
+    value = json.loads(raw)
+  except json.JSONDecodeError:
+    value = raw
+  return key, value
+
+
+def is_arm_field(key):
+  return key in ARM_FIELDS or key.startswith(ARM_SECTIONS)
+
+
+def study_values(preset, quick, epochs, data_dir, extra):
+  """Every field's study value (flat dict): the preset's, then STUDY, the budget and --set."""
+  values = flatten(config_lib.default_config(preset))
+  values.update(STUDY.get(preset, {}))
+  if quick:
+    values.update(QUICK)
+  if epochs is not None:
+    values["num_epochs"] = epochs
+  if data_dir:
+    values["data_dir"] = data_dir
+  values["eval_split"] = "test"
+  if values["warmup_epochs"] >= values["num_epochs"]:
+    values["warmup_epochs"] = 0   # a 1-epoch budget: no warm-up
+  for key, value in extra:
+    if key not in values:
+      raise SystemExit(f"--set {key}=...: {key} is not a config field.")
+    if is_arm_field(key):
+      raise SystemExit(f"--set {key}=...: {key} defines the arms; it is not a shared field.")
+    values[key] = value
+  return values
+
+
+def _flag_value(value):
+  if isinstance(value, bool):
+    return "True" if value else "False"
+  if isinstance(value, float):
+    return repr(value)
+  return str(value)
+
+
+def arm_plan(arm, preset, values):
+  """(effective config, the --config.* flags that turn the arm's config file into it, the
+  fields no flag can set).
+
+  ml_collections refuses a flag for a field that holds None (config.data_dir by default):
+  those fields come back in the third value, for `wrapper_config`.
+  """
+  c = load_arm_config(arm, preset)
+  own = flatten(c)
+  flags, unflaggable = [], {}
+  for key, value in sorted(values.items()):
+    if is_arm_field(key) or own[key] == value:
+      continue
+    if value is None:
+      raise SystemExit(f"{ARMS[arm]}: {key} = {own[key]!r}, the study's is None (no flag "
+                       "can set None); give the study a value with --set.")
+    if own[key] is None:
+      unflaggable[key] = value
+    else:
+      flags.append(f"--config.{key}={_flag_value(value)}")
+    set_field(c, key, value)
+  return c, flags, unflaggable
+
+
+WRAPPER = '''"""{arm}: {source} with fields that no --config.* flag can set (they hold None there).
+
+Written by experiments/negatives_study.py.
+"""
+import importlib.util
+
+SOURCE = {source_path!r}
+FIELDS = {fields!r}
+
+
+def get_config(preset=None):
+  spec = importlib.util.spec_from_file_location("study_source_config", SOURCE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(preset)
+  for key, value in FIELDS.items():
+    *parents, leaf = key.split(".")
+    target = c
+    for part in parents:
+      target = target[part]
+    target[leaf] = value
+  return c
+'''
+
+
+def wrapper_config(arm, fields, root, write):
+  """The config file for `arm` with `fields` set (a wrapper of the arm's config file, in
+  <root>/configs/), or the arm's own file when there are none."""
+  if not fields:
+    return ARMS[arm]
+  path = os.path.join(root, "configs", f"{arm}.py")
+  if write:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      f.write(WRAPPER.format(arm=arm, source=ARMS[arm], fields=fields,
+                             source_path=os.path.join(REPO, ARMS[arm])))
+  return path
+
+
+def config_digest(c):
+  """results.json's config_sha256 (mi_contrast.results.config_digest, without importing jax)."""
+  text = json.dumps(json.loads(c.to_json()), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def arm_differences(configs):
+  """{field: {arm: value}} for the fields whose effective values differ between arms."""
+  flat = {arm: flatten(c) for arm, c in configs.items()}
+  keys = sorted(set().union(*(f.keys() for f in flat.values())))
+  out = {}
+  for key in keys:
+    column = {arm: f.get(key) for arm, f in flat.items()}
+    if len({json.dumps(v) for v in column.values()}) > 1:
+      out[key] = column
+  return out
+
+
+def check_differences(differences):
+  stray = [k for k in differences if not is_arm_field(k)]
+  if stray:
+    raise SystemExit(f"arms differ in shared fields {stray}: {differences}")
+
+
+# ----------------------------------------------------------------------------------------------
+# One run: its command, its results, its record.
+# ----------------------------------------------------------------------------------------------
+
+def run_name(c):
+  return f"{c.method}_{c.negatives}_s{c.seed}"
+
+
+def command(config_file, preset, flags, seed, workdir):
+  return ([sys.executable, "-m", "mi_contrast.main", f"--config={config_file}:{preset}",
+           f"--workdir={workdir}", f"--config.seed={seed}"] + flags)
+
+
+def read_json(path, default=None):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return default
+
+
+def write_json_atomic(path, data):
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
+  with os.fdopen(fd, "w") as f:
+    json.dump(data, f, indent=1, sort_keys=True, default=str)
+    f.write("\n")
+  os.chmod(tmp, 0o644)
+  os.replace(tmp, path)
+
+
+def finished(workdir, digest):
+  """results.json of this very config (its config_sha256), else None."""
+  results = read_json(os.path.join(workdir, "results.json"))
+  if isinstance(results, dict) and results.get("config_sha256") == digest:
+    return results
+  return None
+
+
+def read_metrics(workdir):
+  records = []
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        line = line.strip()
+        if line:
+          try:
+            records.append(json.loads(line))
+          except ValueError:
+            pass  # a line cut by a kill
+  except OSError:
+    pass
+  return records
+
+
+def _finite(x):
+  return None if x is None or not isinstance(x, (int, float)) or not math.isfinite(x) else x
+
+
+def run_record(plan, results, chance):
+  arm, c, workdir = plan["arm"], plan["config"], plan["workdir"]
+  metrics = read_metrics(workdir)
+  last = next((r for r in reversed(metrics) if "bound_nats" in r and "log_k_plus_1" in r), {})
+  steps = int(results["steps"])
+  anneal_end = max(1, int(round(c.ring.anneal_fraction * steps)))
+  series = [(int(r["step"]), r["false_negative_share"]) for r in metrics
+            if r.get("false_negative_share") is not None]
+  after = [p for p in series if p[0] >= anneal_end]
+  at_end = after[0] if after else (series[-1] if series else (None, None))
+  fewshot = (results.get("fewshot") or {}).get("10", {}).get("trained", {})
+  sidecar = read_json(os.path.join(workdir, SIDECAR), {})
+  return {
+      "arm": arm, "config": ARMS[arm], "method": c.method, "negatives": c.negatives,
+      "seed": int(c.seed), "dataset": results.get("dataset", c.dataset),
+      "eval_split": results.get("eval_split"), "num_train": results.get("num_train"),
+      "num_test": results.get("num_test"), "steps": steps, "epochs": int(c.num_epochs),
+      "global_batch_size": int(c.global_batch_size),
+      "linear_top1": results.get("linear_top1"), "knn_top1": results.get("knn_top1"),
+      "nn1_top1": results.get("nn1_top1"),
+      "fewshot_10": fewshot.get("mean"), "fewshot_10_std_over_draws": fewshot.get("std"),
+      "raw_pixels_linear_top1": results.get("raw_pixels_linear_top1"),
+      "raw_pixels_fewshot_10": (results.get("fewshot") or {}).get("10", {}).get(
+          "raw_pixels", {}).get("mean"),
+      "bound_nats": _finite(last.get("bound_nats", results.get("bound_nats"))),
+      "log_k_plus_1": _finite(last.get("log_k_plus_1", results.get("log_k_plus_1"))),
+      "band_start": results.get("band_start"), "band_end": results.get("band_end"),
+      "anneal_end_step": anneal_end,
+      "false_negative_share": at_end[1], "false_negative_share_step": at_end[0],
+      "false_negative_chance": chance,
+      "false_negative_series": [list(p) for p in series],
+      "wall_seconds": sidecar.get("process_seconds") or results.get("wall_seconds"),
+      "run_wall_seconds": results.get("wall_seconds"),
+      "commit": sidecar.get("commit") or git_commit(),
+      "workdir": workdir, "config_sha256": results.get("config_sha256"),
+      "command": " ".join(["python"] + plan["command"][1:]),
+      "params_sha256": results.get("params_sha256"),
+  }
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregates: per arm, paired differences.
+# ----------------------------------------------------------------------------------------------
+
+def _mean_std(values):
+  values = [v for v in values if v is not None]
+  if not values:
+    return None, None, 0
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, None, len(values)
+  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+  return mean, math.sqrt(var), len(values)
+
+
+def arm_summaries(runs):
+  out = {}
+  for arm in ARMS:
+    rows = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
+    if not rows:
+      continue
+    summary = {"config": ARMS[arm], "method": rows[0]["method"],
+               "negatives": rows[0]["negatives"], "seeds": [r["seed"] for r in rows],
+               "steps": rows[0]["steps"], "epochs": rows[0]["epochs"],
+               "mean": {}, "std": {}, "n": {}, "per_seed": {}}
+    for metric in METRICS:
+      mean, std, n = _mean_std([r[metric] for r in rows])
+      summary["mean"][metric], summary["std"][metric], summary["n"][metric] = mean, std, n
+      summary["per_seed"][metric] = {str(r["seed"]): r[metric] for r in rows}
+    out[arm] = summary
+  return out
+
+
+def paired(runs):
+  """Ring minus uniform per method (and IR ball minus uniform), on the seeds both have."""
+  by = {(r["method"], r["negatives"], r["seed"]): r for r in runs}
+  out = []
+  for method, negatives in (("ir", "ring"), ("moco", "ring"), ("simclr", "ring"),
+                            ("ir", "ball")):
+    seeds = sorted(s for (m, n, s) in by if m == method and n == negatives
+                   and (method, "uniform", s) in by)
+    if not seeds:
+      continue
+    entry = {"method": method, "a": negatives, "b": "uniform", "seeds": seeds,
+             "label": f"{method}: {negatives} - uniform"}
+    for metric in PAIRED_METRICS:
+      diffs = []
+      for s in seeds:
+        a, b = by[(method, negatives, s)][metric], by[(method, "uniform", s)][metric]
+        diffs.append(None if a is None or b is None else a - b)
+      mean, std, n = _mean_std(diffs)
+      entry[metric] = {"diffs": diffs, "mean": mean, "std": std, "n": n,
+                       "se": std / math.sqrt(n) if std is not None else None}
+    out.append(entry)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The plot.
+# ----------------------------------------------------------------------------------------------
+
+def plot(study, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  arms = study["arms"]
+  fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+  names = list(arms)
+  metrics = (("linear_top1", "linear"), ("knn_top1", "kNN"), ("fewshot_10", "10-shot"))
+  width = 0.8 / len(metrics)
+  for j, (metric, label) in enumerate(metrics):
+    xs = [i + (j - 1) * width for i in range(len(names))]
+    means = [arms[a]["mean"][metric] or 0.0 for a in names]
+    errs = [arms[a]["std"][metric] or 0.0 for a in names]
+    left.bar(xs, means, width, yerr=errs, capsize=3, label=label)
+    for x, a in zip(xs, names):
+      seeds = [v for v in arms[a]["per_seed"][metric].values() if v is not None]
+      left.plot([x] * len(seeds), seeds, "k.", markersize=3)
+  pixels = [r["raw_pixels_linear_top1"] for r in study["runs"]
+            if r.get("raw_pixels_linear_top1") is not None]
+  if pixels:
+    left.axhline(sum(pixels) / len(pixels), color="grey", linestyle="--", linewidth=1,
+                 label="raw pixels, linear")
+  left.set_xticks(range(len(names)))
+  left.set_xticklabels(names, rotation=30, ha="right")
+  values = [v for a in names for m, _ in metrics
+            for v in arms[a]["per_seed"][m].values() if v is not None]
+  if values:
+    left.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.03))
+  left.set_ylabel("test top-1")
+  left.set_title(f"{study['dataset']}, {study['budget']['epochs']} epochs: mean +- std over "
+                 "seeds (dots: seeds)", fontsize=9)
+  left.legend(fontsize=8)
+  plotted = False
+  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  for k, arm in enumerate(a for a in names if arms[a]["negatives"] != "uniform"):
+    for n, run in enumerate(r for r in study["runs"] if r["arm"] == arm):
+      if run["false_negative_series"]:
+        steps, share = zip(*run["false_negative_series"])
+        right.plot(steps, share, color=colours[k % len(colours)], alpha=0.8,
+                   label=arm if n == 0 else None)
+        plotted = True
+  chance = study.get("false_negative_chance")
+  if chance is not None:
+    right.axhline(chance, color="grey", linestyle="--", label="chance (uniform draws)")
+  if study["runs"]:
+    right.axvline(study["runs"][0]["anneal_end_step"], color="grey", linestyle=":",
+                  label="end of annealing")
+  right.set_xlabel("training step")
+  right.set_ylabel("false-negative share")
+  right.set_title("ring and ball arms: share of negatives with the anchor's class", fontsize=9)
+  if not plotted:
+    right.text(0.5, 0.5, "false_negative_share not logged by these runs",
+               transform=right.transAxes, ha="center", va="center")
+  right.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver.
+# ----------------------------------------------------------------------------------------------
+
+def git_commit():
+  if os.environ.get("STUDY_COMMIT"):
+    return os.environ["STUDY_COMMIT"]
+  try:
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                         text=True, timeout=10)
+    if out.returncode:
+      return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return out.stdout.strip() + ("+dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def false_negative_chance(c):
+  """P(another training image has the anchor's class), anchor and other drawn uniformly."""
+  try:
+    import numpy as np
+    from mi_contrast import input_pipeline
+    labels = np.asarray(input_pipeline.load_dataset(c).train_labels)
+    counts = np.bincount(labels).astype(np.float64)
+    n = counts.sum()
+    return float(np.sum(counts * (counts - 1)) / (n * (n - 1)))
+  except Exception as e:  # the study does not stop for a statistic
+    print(f"false_negative_chance: not computed ({type(e).__name__}: {e})", flush=True)
+    return None
+
+
+class Study:
+  """The runs read so far, and the JSON (and PNG) written from them."""
+
+  def __init__(self, args, plans, shared, differences):
+    self.args, self.plans = args, plans
+    self.shared, self.differences = shared, differences
+    self.old = read_json(args.out, {}) or {}
+    self.runs = {}
+    self.failed = {}
+    self.chance = self.old.get("false_negative_chance")
+
+  def record(self, key, record):
+    self.runs[key] = record
+    self.failed.pop(key, None)
+    self.write()
+
+  def write(self):
+    order = {key: i for i, key in enumerate(self.plans)}
+    runs = [self.runs[k] for k in sorted(self.runs, key=order.get)]
+    any_plan = next(iter(self.plans.values()))
+    study = {
+        "study": "negatives", "dataset": self.args.dataset, "quick": self.args.quick,
+        "eval_split": "test",
+        "budget": {"epochs": int(any_plan["config"].num_epochs),
+                   "global_batch_size": int(any_plan["config"].global_batch_size),
+                   "steps": runs[0]["steps"] if runs else None,
+                   "num_train": runs[0]["num_train"] if runs else None,
+                   "note": "every arm: the same epochs, batch and training images (all of "
+                           "the training split: the config has no subset field)"},
+        "seeds": self.args.seeds, "arms_requested": self.args.arms,
+        "shared": self.shared, "arm_differences": self.differences,
+        "false_negative_chance": self.chance,
+        "runs": runs, "arms": arm_summaries(runs), "paired": paired(runs),
+        "failed": [self.failed[k] for k in sorted(self.failed, key=order.get)],
+        "commit": git_commit(), "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {"host": socket.gethostname(), "platform": platform.platform(),
+                    "cpu_count": os.cpu_count(), "max_parallel": self.args.max_parallel},
+    }
+    write_json_atomic(self.args.out, study)
+    if runs and self.args.plot != "-":
+      try:
+        plot(study, self.args.plot)
+      except Exception as e:  # a plot never loses the JSON
+        print(f"plot: not written ({type(e).__name__}: {e})", flush=True)
+
+
+def launch(plan):
+  os.makedirs(plan["workdir"], exist_ok=True)
+  log = open(os.path.join(plan["workdir"], "study_log.txt"), "a")
+  log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(plan['command'])}\n")
+  log.flush()
+  env = dict(os.environ)
+  env["PYTHONUNBUFFERED"] = "1"   # the log shows progress as it happens
+  if plan["parallel"] > 1:   # several processes on one accelerator: no preallocation
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  proc = subprocess.Popen(plan["command"], cwd=REPO, env=env, stdout=log,
+                          stderr=subprocess.STDOUT)
+  return proc, log, time.time()
+
+
+def add_seconds(workdir, seconds):
+  path = os.path.join(workdir, SIDECAR)
+  sidecar = read_json(path, {}) or {}
+  sidecar["process_seconds"] = sidecar.get("process_seconds", 0.0) + seconds
+  sidecar["commit"] = git_commit()
+  write_json_atomic(path, sidecar)
+
+
+def log_tail(workdir, chars=2000):
+  try:
+    with open(os.path.join(workdir, "study_log.txt")) as f:
+      return f.read()[-chars:]
+  except OSError:
+    return ""
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", default=None, choices=("fashion_mnist", "digits"),
+                      help="default fashion_mnist (--quick: digits)")
+  parser.add_argument("--quick", action="store_true",
+                      help="digits, 2 epochs, 30-epoch probe, seed 1337: checks the plumbing")
+  parser.add_argument("--arms", default=",".join(ARMS), help="comma list of " + ", ".join(ARMS))
+  parser.add_argument("--seeds", default=None,
+                      help="comma list (default 1337,1,2; --quick: 1337)")
+  parser.add_argument("--epochs", type=int, default=None,
+                      help=f"epochs of every arm (default {DEFAULT_EPOCHS}; --quick 2)")
+  parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="a shared field for every arm, e.g. --set=probe_epochs=20")
+  parser.add_argument("--data_dir", default=None,
+                      help="config.data_dir (fashion_mnist: the folder of the four IDX files)")
+  parser.add_argument("--out", default=None, help="the study's JSON")
+  parser.add_argument("--plot", default=None, help="its PNG (default: --out's name, .png; "
+                      "'-': none)")
+  parser.add_argument("--workdir_root", default=None,
+                      help="runs' workdirs (default <repo>/runs/negatives_study/<name>)")
+  parser.add_argument("--max_parallel", type=int, default=1)
+  parser.add_argument("--dry_run", action="store_true",
+                      help="print the per-arm differences and the commands; run nothing")
+  args = parser.parse_args(argv)
+  args.dataset = args.dataset or ("digits" if args.quick else "fashion_mnist")
+  args.arms = [a for a in args.arms.split(",") if a]
+  unknown = [a for a in args.arms if a not in ARMS]
+  if unknown:
+    parser.error(f"--arms: unknown {unknown}; allowed: {', '.join(ARMS)}")
+  seeds = args.seeds or ",".join(map(str, QUICK_SEEDS if args.quick else DEFAULT_SEEDS))
+  args.seeds = [int(s) for s in seeds.split(",") if s]
+  if args.epochs is None and not args.quick:
+    args.epochs = DEFAULT_EPOCHS[args.dataset]
+  name = "quick" if args.quick else args.dataset
+  args.out = args.out or os.path.join(RESULTS, f"negatives_study_{name}.json")
+  if args.plot is None:
+    args.plot = os.path.splitext(args.out)[0] + ".png"
+  args.workdir_root = os.path.abspath(
+      args.workdir_root or os.path.join(REPO, "runs", "negatives_study", name))
+  if args.max_parallel < 1:
+    parser.error("--max_parallel: at least 1")
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  values = study_values(args.dataset, args.quick, args.epochs, args.data_dir,
+                        [parse_assignment(s) for s in args.set])
+  configs, plans = {}, {}
+  for arm in args.arms:
+    base, flags, unflaggable = arm_plan(arm, args.dataset, values)
+    configs[arm] = base
+    config_file = wrapper_config(arm, unflaggable, args.workdir_root, not args.dry_run)
+    for seed in args.seeds:
+      c, _, _ = arm_plan(arm, args.dataset, values)
+      c.seed = seed
+      workdir = os.path.join(args.workdir_root, run_name(c))
+      plans[(arm, seed)] = {"arm": arm, "seed": seed, "config": c, "workdir": workdir,
+                            "digest": config_digest(c), "parallel": args.max_parallel,
+                            "command": command(config_file, args.dataset, flags, seed, workdir)}
+  differences = arm_differences(configs)
+  check_differences(differences)
+  shared = {k: v for k, v in sorted(values.items()) if not is_arm_field(k)}
+  print(f"negatives study: {args.dataset}, arms {', '.join(args.arms)}, seeds {args.seeds}, "
+        f"{values['num_epochs']} epochs of batch {values['global_batch_size']}, eval_split test")
+  print("fields that differ between the arms' effective configs (all others are shared):")
+  for key, column in differences.items():
+    print(f"  {key:24s} " + "  ".join(f"{a}={v}" for a, v in column.items()))
+  if args.dry_run:
+    for plan in plans.values():
+      print(" ".join(plan["command"]))
+    return 0
+
+  study = Study(args, plans, shared, differences)
+  if study.chance is None or study.old.get("dataset") != args.dataset:
+    study.chance = false_negative_chance(next(iter(plans.values()))["config"])
+  todo = []
+  # Seed-major order: every arm of the first seed before the next seed, so that a partial
+  # study already holds paired comparisons.
+  order = sorted(plans, key=lambda key: (args.seeds.index(key[1]), args.arms.index(key[0])))
+  for key in order:
+    plan = plans[key]
+    results = finished(plan["workdir"], plan["digest"])
+    if results is not None:
+      study.runs[key] = run_record(plan, results, study.chance)
+      print(f"finished already: {plan['arm']} seed {plan['seed']}", flush=True)
+    else:
+      todo.append(key)
+  study.write()
+
+  running = {}
+  stopping = []
+
+  def stop(signum, frame):
+    del frame
+    stopping.append(signum)
+    for proc, _, _ in running.values():
+      proc.send_signal(signal.SIGTERM)
+
+  signal.signal(signal.SIGTERM, stop)
+  signal.signal(signal.SIGINT, stop)
+  while (todo and not stopping) or running:
+    while todo and not stopping and len(running) < args.max_parallel:
+      key = todo.pop(0)
+      print(f"start: {plans[key]['arm']} seed {key[1]} -> {plans[key]['workdir']}", flush=True)
+      running[key] = launch(plans[key])
+    time.sleep(0.5)
+    for key in [k for k, (proc, _, _) in running.items() if proc.poll() is not None]:
+      proc, log, started = running.pop(key)
+      log.close()
+      plan = plans[key]
+      seconds = time.time() - started
+      add_seconds(plan["workdir"], seconds)
+      results = finished(plan["workdir"], plan["digest"])
+      if proc.returncode == 0 and results is not None:
+        study.record(key, run_record(plan, results, study.chance))
+        print(f"done: {plan['arm']} seed {key[1]} in {seconds:.0f} s: linear "
+              f"{results['linear_top1']:.3f} kNN {results['knn_top1']:.3f}", flush=True)
+      else:
+        what = "stopped" if stopping else "failed"
+        logged = [r["step"] for r in read_metrics(plan["workdir"]) if "step" in r]
+        study.failed[key] = {"arm": plan["arm"], "seed": key[1], "returncode": proc.returncode,
+                             "status": what, "workdir": plan["workdir"],
+                             "last_logged_step": max(logged) if logged else None,
+                             "log_tail": log_tail(plan["workdir"])}
+        study.write()
+        print(f"{what}: {plan['arm']} seed {key[1]} (exit {proc.returncode}); log: "
+              f"{plan['workdir']}/study_log.txt", flush=True)
+  study.write()
+  print(f"wrote {args.out} ({len(study.runs)} of {len(plans)} runs)"
+        + (f" and {args.plot}" if study.runs and args.plot != "-" else ""), flush=True)
+  if stopping:
+    print("stopped: run the same command to continue.", flush=True)
+  return 0 if len(study.runs) == len(plans) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
