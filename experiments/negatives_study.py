@@ -512,8 +512,11 @@ def git_commit():
                          text=True, timeout=10)
     if out.returncode:
       return None
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True, timeout=10).stdout.strip()
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                            capture_output=True, text=True, timeout=10).stdout.splitlines()
+    # The study's own outputs under experiments/results/ (rewritten as it runs) are no change
+    # to the code it ran.
+    dirty = [line for line in status if not line[3:].startswith("experiments/results/")]
     return out.stdout.strip() + ("+dirty" if dirty else "")
   except (OSError, subprocess.SubprocessError):
     return None
