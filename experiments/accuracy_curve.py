@@ -19,9 +19,6 @@ import json
 import os
 import sys
 
-import jax
-import orbax.checkpoint as ocp
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -40,25 +37,13 @@ def checkpoint_seconds(workdir, step):
   return committed - start
 
 
-def restore_step(workdir, run, manager, step):
-  """The TrainState of checkpoint `step` (replicated), in create_train_state(run)'s structure."""
-  target = jax.eval_shape(lambda: run_lib.create_train_state(run))
-  target = target.replace(method_state=checkpoints.saved_method_state(workdir))
-  replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                          checkpoints.state_dict(target))
-  import flax.serialization
-  restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  return flax.serialization.from_state_dict(target, restored)
-
-
 def curve(workdir):
   config = checkpoints.load_run_config(workdir)
   run = run_lib.build_run(config, training=False)
   manager = checkpoints.checkpoint_manager(workdir, config)
   points = []
   for step in sorted(manager.all_steps()):
-    state = restore_step(workdir, run, manager, step)
+    state, _ = checkpoints.restore_run(workdir, run, step)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     numbers = probes.probe_model(config, run.model, variables, run.data, run.images, run.mesh)
     fewshot = numbers.pop("fewshot", None) or {}

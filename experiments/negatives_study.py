@@ -37,9 +37,7 @@ reached linear 0.806 / 10-shot 0.646 against raw pixels' 0.855 / 0.711
 --quick: digits (1,438 train / 359 test), 2 epochs of batch 128 (22 steps), a 30-epoch linear
 probe, seed 1337 alone, all 7 arms: 8 min there. It checks the plumbing, not the science.
 
---data_dir: config.data_dir (the folder of the four IDX files). Fields the arm's config leaves
-at None are set through a generated config file, <workdir_root>/configs/<arm>.py, which loads
-configs/<arm>.py and sets them (ml_collections takes no flag for a plain None field).
+--data_dir: config.data_dir (the folder of the four IDX files), passed as --config.data_dir.
 
 Outputs:
   --out (default experiments/results/negatives_study_<dataset>.json; --quick:
@@ -194,66 +192,19 @@ def _flag_value(value):
 
 
 def arm_plan(arm, preset, values):
-  """(effective config, the --config.* flags that turn the arm's config file into it, the
-  fields no flag can set).
-
-  ml_collections refuses a flag for a field that holds None (config.data_dir by default):
-  those fields come back in the third value, for `wrapper_config`.
-  """
+  """(effective config, the --config.* flags that turn the arm's config file into it)."""
   c = load_arm_config(arm, preset)
   own = flatten(c)
-  flags, unflaggable = [], {}
+  flags = []
   for key, value in sorted(values.items()):
     if is_arm_field(key) or own[key] == value:
       continue
     if value is None:
       raise SystemExit(f"{ARMS[arm]}: {key} = {own[key]!r}, the study's is None (no flag "
                        "can set None); give the study a value with --set.")
-    if own[key] is None:
-      unflaggable[key] = value
-    else:
-      flags.append(f"--config.{key}={_flag_value(value)}")
+    flags.append(f"--config.{key}={_flag_value(value)}")
     set_field(c, key, value)
-  return c, flags, unflaggable
-
-
-WRAPPER = '''"""{arm}: {source} with fields that no --config.* flag can set (they hold None there).
-
-Written by experiments/negatives_study.py.
-"""
-import importlib.util
-
-SOURCE = {source_path!r}
-FIELDS = {fields!r}
-
-
-def get_config(preset=None):
-  spec = importlib.util.spec_from_file_location("study_source_config", SOURCE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(preset)
-  for key, value in FIELDS.items():
-    *parents, leaf = key.split(".")
-    target = c
-    for part in parents:
-      target = target[part]
-    target[leaf] = value
-  return c
-'''
-
-
-def wrapper_config(arm, fields, root, write):
-  """The config file for `arm` with `fields` set (a wrapper of the arm's config file, in
-  <root>/configs/), or the arm's own file when there are none."""
-  if not fields:
-    return ARMS[arm]
-  path = os.path.join(root, "configs", f"{arm}.py")
-  if write:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      f.write(WRAPPER.format(arm=arm, source=ARMS[arm], fields=fields,
-                             source_path=os.path.join(REPO, ARMS[arm])))
-  return path
+  return c, flags
 
 
 def config_digest(c):
@@ -662,11 +613,11 @@ def main(argv=None):
                         [parse_assignment(s) for s in args.set])
   configs, plans = {}, {}
   for arm in args.arms:
-    base, flags, unflaggable = arm_plan(arm, args.dataset, values)
+    base, flags = arm_plan(arm, args.dataset, values)
     configs[arm] = base
-    config_file = wrapper_config(arm, unflaggable, args.workdir_root, not args.dry_run)
+    config_file = ARMS[arm]
     for seed in args.seeds:
-      c, _, _ = arm_plan(arm, args.dataset, values)
+      c, _ = arm_plan(arm, args.dataset, values)
       c.seed = seed
       workdir = os.path.join(args.workdir_root, run_name(c))
       plans[(arm, seed)] = {"arm": arm, "seed": seed, "config": c, "workdir": workdir,

@@ -48,12 +48,7 @@ def restore_latest(manager, state, sharding):
     (state, step), or None when the manager holds no checkpoint.
   """
   steps = sorted(manager.all_steps(), reverse=True)
-  if isinstance(sharding, run_lib.TrainState):
-    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          state_dict(state), state_dict(sharding))
-  else:
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                          state_dict(state))
+  target = _abstract_target(state, sharding)
   errors = []
   for step in steps:
     try:
@@ -75,6 +70,16 @@ def restore_latest(manager, state, sharding):
     raise RuntimeError(f"{manager.directory} holds checkpoints {steps} but none can be read:\n  "
                        + "\n  ".join(errors) + "\nMove them aside to start from scratch.")
   return None
+
+
+def _abstract_target(state, sharding):
+  """`state`'s state dict as ShapeDtypeStructs placed by `sharding` (one sharding, or a
+  TrainState of shardings): what orbax restores into."""
+  if isinstance(sharding, run_lib.TrainState):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        state_dict(state), state_dict(sharding))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      state_dict(state))
 
 
 def _restore_step(manager, step, target, state):
@@ -282,16 +287,19 @@ def saved_method_state(workdir):
                      + "\n  ".join(errors))
 
 
-def restore_run(workdir, run):
-  """The newest checkpoint of a run, in the structure `create_train_state(run)` builds.
+def restore_run(workdir, run, step=None):
+  """The newest checkpoint of a run (or the one of `step`), in the structure
+  `create_train_state(run)` builds.
 
   Args:
     workdir: the run's directory.
     run: `run.build_run` of its config (`load_run_config`), with or without its dataset.
+    step: None for the newest readable checkpoint (falling back as `restore_latest` does), or
+      the step of one checkpoint the manager keeps, restored exactly.
   Returns:
     (state, step): the replicated TrainState and the step of the checkpoint it came from.
   Raises:
-    FileNotFoundError: the run has no checkpoint.
+    FileNotFoundError: the run has no checkpoint, or none of `step`.
   """
   directory = checkpoint_dir(workdir)
   missing = FileNotFoundError(f"{directory} holds no checkpoint: train the run first "
@@ -306,6 +314,12 @@ def restore_run(workdir, run):
   target = jax.eval_shape(lambda: run_lib.create_train_state(run))
   target = target.replace(method_state=saved_method_state(workdir))
   replicated = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec())
+  if step is not None:
+    if step not in manager.all_steps():
+      raise FileNotFoundError(f"{directory} holds no checkpoint of step {step}; it holds "
+                              f"{sorted(manager.all_steps())}.")
+    restored = _restore_step(manager, step, _abstract_target(target, replicated), target)
+    return flax.serialization.from_state_dict(target, restored), step
   restored = restore_latest(manager, target, replicated)
   if restored is None:
     raise missing

@@ -100,3 +100,27 @@ def test_workdir_files_of_the_user_are_kept(tmp_path):
   assert (workdir / "notes.txt").read_text() == "mine"
   assert (workdir / "checkpoints" / "README").read_text() == "also mine"
   assert np.isfinite(json.load(open(workdir / "results.json"))["params_l2"])
+
+
+def test_restore_run_of_a_kept_step(tmp_path, whole):
+  """checkpoints.restore_run(workdir, run, step) restores that kept checkpoint exactly (what
+  experiments/accuracy_curve.py probes); a step it does not keep is a clear error."""
+  from mi_contrast import checkpoints
+  from mi_contrast import results as results_lib
+  from mi_contrast import run as run_lib
+  config = _ring_config()
+  config.keep_checkpoints = 10     # every checkpoint of the run is kept
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir, stop_after_steps=3)
+  run = run_lib.build_run(checkpoints.load_run_config(workdir), training=False)
+  at_stop, stop_step = checkpoints.restore_run(workdir, run)    # then the newest
+  assert stop_step == 3
+  train.train_and_evaluate(config, workdir)
+  state, step = checkpoints.restore_run(workdir, run, 3)
+  assert step == 3 and int(state.step) == 3
+  assert results_lib.params_digest(state.params) == results_lib.params_digest(at_stop.params)
+  newest, newest_step = checkpoints.restore_run(workdir, run)
+  assert newest_step == whole["steps"]
+  assert results_lib.params_digest(newest.params)[0] == whole["params_sha256"]
+  with pytest.raises(FileNotFoundError, match="no checkpoint of step 2"):
+    checkpoints.restore_run(workdir, run, 2)
