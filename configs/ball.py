@@ -20,4 +20,6 @@ def get_config(preset=None):
   c.ring.schedule = "linear"
   c.ring.outer_start = 1.0
   c.ring.outer = 0.1
+  if c.dataset == "fashion_mnist":
+    c.bank.candidates = 8192   # the band over 8,192 random bank rows (config.py's preset)
   return c

@@ -18,7 +18,7 @@ def get_config(preset=None):
   c.negatives = "uniform"
   c.bound = "infonce"
   if c.dataset != "digits":
-    # Grey Fashion-MNIST keeps its own views (no colour jitter on one channel).
-    c.views = "fashion_mnist" if c.dataset == "fashion_mnist" else "mocov2"
+    # Grey Fashion-MNIST keeps its preset's views (no colour jitter on one channel).
+    c.views = c.views if c.dataset == "fashion_mnist" else "mocov2"
     c.num_negatives = 65536 if c.dataset == "imagenet2012" else 4096
   return c

@@ -34,4 +34,6 @@ def get_config(preset=None):
     c.views = "digits_noflip"
     c.temperature = 0.1
     c.num_epochs = 60
+  if c.dataset == "fashion_mnist":
+    c.bank.candidates = 8192   # the band over 8,192 random bank rows (config.py's preset)
   return c

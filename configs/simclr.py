@@ -18,6 +18,6 @@ def get_config(preset=None):
   c.negatives = "uniform"
   c.bound = "infonce"
   if c.dataset != "digits":
-    # Grey Fashion-MNIST keeps its own views (no colour jitter on one channel).
-    c.views = "fashion_mnist" if c.dataset == "fashion_mnist" else "simclr"
+    # Grey Fashion-MNIST keeps its preset's views (no colour jitter on one channel).
+    c.views = c.views if c.dataset == "fashion_mnist" else "simclr"
   return c

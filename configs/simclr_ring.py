@@ -22,6 +22,6 @@ def get_config(preset=None):
   c.ring.outer = 0.5
   c.ring.inner = 0.1
   if c.dataset != "digits":
-    # Grey Fashion-MNIST keeps its own views (no colour jitter on one channel).
-    c.views = "fashion_mnist" if c.dataset == "fashion_mnist" else "simclr"
+    # Grey Fashion-MNIST keeps its preset's views (no colour jitter on one channel).
+    c.views = c.views if c.dataset == "fashion_mnist" else "simclr"
   return c

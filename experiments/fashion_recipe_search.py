@@ -48,6 +48,21 @@ VARIANTS = {
     "w16_e5_outer03": {"width": 16, "num_epochs": 5, "ring.outer": 0.3},
     # A ring that leaves out the nearest 10% of the bank (a class's share of it): [0.1, 0.5).
     "w16_e5_ring_10_50": {"width": 16, "num_epochs": 5, "ring.outer": 0.5, "ring.inner": 0.2},
+    # Cheaper steps: 20x20 training views (the probes still see 28x28) and the band cut over
+    # 8,192 random bank rows instead of all of them (2.3x the images/s of w16 in
+    # benchmarks/step_overhead.py here).
+    "r20_c8k_e5": {"width": 16, "num_epochs": 5, "views": "fashion_mnist_20",
+                   "bank.candidates": 8192},
+    "r20_c8k_e5_m05": {"width": 16, "num_epochs": 5, "views": "fashion_mnist_20",
+                       "bank.candidates": 8192, "bank.momentum": 0.5},
+    "r20_c8k_e5_lr01": {"width": 16, "num_epochs": 5, "views": "fashion_mnist_20",
+                        "bank.candidates": 8192, "learning_rate": 0.1},
+    "r20_c8k_e5_t01": {"width": 16, "num_epochs": 5, "views": "fashion_mnist_20",
+                       "bank.candidates": 8192, "temperature": 0.1},
+    "r20_c8k_e5_m05_t01": {"width": 16, "num_epochs": 5, "views": "fashion_mnist_20",
+                           "bank.candidates": 8192, "bank.momentum": 0.5, "temperature": 0.1},
+    "r20_c8k_e5_m05_t02": {"width": 16, "num_epochs": 5, "views": "fashion_mnist_20",
+                           "bank.candidates": 8192, "bank.momentum": 0.5, "temperature": 0.2},
 }
 
 

@@ -601,6 +601,13 @@ RECIPES: dict[str, list] = {
         _HFLIP,
         ('random_intensity', {'brightness': 0.4, 'contrast': 0.4}, 0.8),
     ],
+    # The same at 20x20: half the encoder's work per view; probes still see the 28x28 images.
+    'fashion_mnist_20': [
+        ('random_resized_crop', {'scale': (0.3, 1.0), 'ratio': (3.0 / 4.0, 4.0 / 3.0),
+                                 'size': 20}, 1.0),
+        _HFLIP,
+        ('random_intensity', {'brightness': 0.4, 'contrast': 0.4}, 0.8),
+    ],
     # Single-op digits recipes for the augmentation lesion (experiments/augmentation_lesion.py).
     'digits_crop': [
         ('random_resized_crop', {'scale': (0.5, 1.0), 'ratio': (3.0 / 4.0, 4.0 / 3.0)}, 1.0),

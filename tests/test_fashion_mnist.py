@@ -300,6 +300,10 @@ def test_view_recipe_keeps_grey_28px_images_in_range():
   assert out.shape == (2, 28, 28, 1)
   assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
   assert not np.allclose(out[0], out[1])
+  # The 20x20 training views: the same ops, the crop resized to 20 (the probes see 28x28).
+  small = jax.jit(jax.vmap(lambda k: views.apply_recipe(k, image, "fashion_mnist_20")))(keys)
+  assert small.shape == (2, 20, 20, 1)
+  assert float(small.min()) >= 0.0 and float(small.max()) <= 1.0
 
 
 # ---------------------------------------------------------------------------------------
