@@ -30,8 +30,7 @@
 #    20, 15, 10, 8, 6, 5, 4, 3, 2, 1 epochs that benchmarks/gpu_suite.py predicts to fit in what
 #    is left of --budget-s (default 470 s from the suite's start; the rule is pessimistic: the
 #    7 runs' steps add up as if run one after the other, plus 120 s per wave for start,
-#    compilation and probes). The CPU study's budget is 5 epochs, so 10 epochs is 2x it and 20
-#    is 4x. --epochs N fixes the budget instead. At the deadline the study is stopped
+#    compilation and probes). The CPU study's budget is 10 epochs, so 20 epochs is 2x it. --epochs N fixes the budget instead. At the deadline the study is stopped
 #    (SIGTERM: runs checkpoint and exit) and its JSON holds the runs that finished, the others
 #    under `failed` with status "stopped" and the last step they logged.
 #

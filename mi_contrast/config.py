@@ -154,49 +154,7 @@ def apply_preset(c, preset):
   if preset == "digits":
     return c
   if preset == "fashion_mnist":
-    # Zalando's Fashion-MNIST, 60,000 train / 10,000 test 28x28 grey images, 10 classes
-    # (input_pipeline.load_fashion_mnist); 60,000 // 256 = 234 steps per epoch. A recipe for
-    # a 2-core CPU with the small digits ResNet (README, "Dataset presets", has its measured
-    # runtime and result; recipes are compared on validation by
-    # experiments/fashion_recipe_search.py). Full-size settings for an accelerator, as the
-    # CIFAR presets (width 64 for ResNet-18), on the native 28x28 views and the exact band:
-    #   model = "resnet18", stem = "cifar", head_hidden = 512, num_epochs = 200,
-    #   views = "fashion_mnist", bank.candidates = 0,
-    #   learning_rate = 0.03, weight_decay = 1e-4, lr_schedule = "step", warmup_epochs = 0,
-    #   moco.momentum = 0.999, la.warmup_epochs = 10,
-    #   eval_every_steps = checkpoint_every_steps = 2340 (10 epochs).
-    c.image_size = 28            # native size: the uint8 images go to the device unresized,
-                                 # and the probes see them so
-    c.model = "resnet_digits"    # three basic blocks, widths 16 / 32 / 64
-    c.stem = "cifar"
-    c.width = 16                 # width 32 costs 2.4x per image for less at equal time
-    c.head_hidden = 256
-    # Training views cropped to 20x20: half the encoder's work per view. With configs/ring.py
-    # and ball.py, which also cut the band over 8,192 random bank rows per step
-    # (bank.candidates) instead of all 60,000, IR Ring runs at 2.3x the images/s of 28x28
-    # views and the exact band (benchmarks/step_overhead.py) for about one point less per
-    # epoch on validation, so more epochs fit the same time.
-    c.views = "fashion_mnist_20"
-    c.temperature = 0.1          # validation, 5 epochs: 0.1 above 0.07
-    c.num_negatives = 4095
-    c.global_batch_size = 256
-    c.num_epochs = 32            # 7,488 steps: about 35 minutes of training on 2 cores
-    c.learning_rate = 0.03
-    c.weight_decay = 5e-4
-    c.lr_schedule = "cosine"
-    c.warmup_epochs = 1
-    c.knn_k = 200
-    c.eval_every_steps = 1872    # every 8 epochs (kNN over the 60,000-row train split)
-    c.log_every_steps = 78       # 3 times per epoch
-    c.checkpoint_every_steps = 234  # every epoch
-    c.keep_checkpoints = 3
-    c.probe_epochs = 100
-    c.probe_learning_rate = 0.01
-    c.probe_weight_decay = 1e-5
-    c.la.background = 4096
-    c.la.num_clusters = 1000
-    c.la.warmup_epochs = 5
-    return c
+    return _fashion_mnist_preset(c)
   # Reference hyper-parameters for CIFAR / STL (method-spec.md section 7).
   c.model = "resnet18"
   c.stem = "imagenet" if preset == "imagenet2012" else "cifar"
@@ -225,6 +183,53 @@ def apply_preset(c, preset):
   if preset == "imagenet2012":  # 5,004 steps per epoch; kNN and probes read the whole split
     c.eval_every_steps = 25020
     c.checkpoint_every_steps = 5004
+  return c
+
+
+def _fashion_mnist_preset(c):
+  """apply_preset's fashion_mnist fields."""
+  # Zalando's Fashion-MNIST, 60,000 train / 10,000 test 28x28 grey images, 10 classes
+  # (input_pipeline.load_fashion_mnist); 60,000 // 256 = 234 steps per epoch. A recipe for
+  # a 2-core CPU with the small digits ResNet (README, "Dataset presets", has its measured
+  # runtime and result; recipes are compared on validation by
+  # experiments/fashion_recipe_search.py). Full-size settings for an accelerator, as the
+  # CIFAR presets (width 64 for ResNet-18), on the native 28x28 views and the exact band:
+  #   model = "resnet18", stem = "cifar", head_hidden = 512, num_epochs = 200,
+  #   views = "fashion_mnist", bank.candidates = 0,
+  #   learning_rate = 0.03, weight_decay = 1e-4, lr_schedule = "step", warmup_epochs = 0,
+  #   moco.momentum = 0.999, la.warmup_epochs = 10,
+  #   eval_every_steps = checkpoint_every_steps = 2340 (10 epochs).
+  c.image_size = 28            # native size: the uint8 images go to the device unresized,
+                               # and the probes see them so
+  c.model = "resnet_digits"    # three basic blocks, widths 16 / 32 / 64
+  c.stem = "cifar"
+  c.width = 16                 # width 32 costs 2.4x per image for less at equal time
+  c.head_hidden = 256
+  # Training views cropped to 20x20: half the encoder's work per view. With configs/ring.py
+  # and ball.py, which also cut the band over 8,192 random bank rows per step
+  # (bank.candidates) instead of all 60,000, IR Ring runs at 2.3x the images/s of 28x28
+  # views and the exact band (benchmarks/step_overhead.py) for about one point less per
+  # epoch on validation, so more epochs fit the same time.
+  c.views = "fashion_mnist_20"
+  c.temperature = 0.1          # validation, 5 epochs: 0.1 above 0.07
+  c.num_negatives = 4095
+  c.global_batch_size = 256
+  c.num_epochs = 32            # 7,488 steps: about 35 minutes of training on 2 cores
+  c.learning_rate = 0.03
+  c.weight_decay = 5e-4
+  c.lr_schedule = "cosine"
+  c.warmup_epochs = 1
+  c.knn_k = 200
+  c.eval_every_steps = 1872    # every 8 epochs (kNN over the 60,000-row train split)
+  c.log_every_steps = 78       # 3 times per epoch
+  c.checkpoint_every_steps = 234  # every epoch
+  c.keep_checkpoints = 3
+  c.probe_epochs = 100
+  c.probe_learning_rate = 0.01
+  c.probe_weight_decay = 1e-5
+  c.la.background = 4096
+  c.la.num_clusters = 1000
+  c.la.warmup_epochs = 5
   return c
 
 

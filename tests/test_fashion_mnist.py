@@ -6,6 +6,7 @@ or costs more than a second or so. The last one reads Debian's real files: skipp
 /usr/share/datasets/fashion-mnist is absent, except with CI=true, where it fails.
 """
 
+import glob
 import gzip
 import os
 import struct
@@ -20,6 +21,7 @@ from mi_contrast import input_pipeline
 from mi_contrast import views
 
 REAL_DIR = "/usr/share/datasets/fashion-mnist"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = {"train": 12, "test": 6}
 
 
@@ -286,9 +288,26 @@ def test_missing_data_fails_before_the_step_is_built(nowhere, monkeypatch):
 def test_preset_settings():
   c = config_lib.default_config("fashion_mnist")
   assert (c.dataset, c.model, c.image_size, c.views) == (
-      "fashion_mnist", "resnet_digits", 28, "fashion_mnist")
+      "fashion_mnist", "resnet_digits", 28, "fashion_mnist_20")
   assert (c.global_batch_size, c.num_negatives, c.knn_k) == (256, 4095, 200)
+  assert c.bank.candidates == 0  # bankless methods refuse it; configs/ring.py sets it
   config_lib.validate(c, num_devices=1, num_train=60_000)
+
+
+def test_every_method_config_takes_the_preset():
+  """`configs/<method>.py:fashion_mnist` is a valid config for every method, with the preset's
+  grey views; IR Ring and Ball cut their band over sampled bank rows."""
+  import importlib.util
+  for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
+    spec = importlib.util.spec_from_file_location("config_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("fashion_mnist")
+    config_lib.validate(c, num_devices=1, num_train=60_000)
+    name = os.path.basename(path)
+    if c.method != "cmc":  # CMC's views split Lab colour
+      assert c.views == "fashion_mnist_20", name
+    assert c.bank.candidates == (8192 if name in ("ring.py", "ball.py") else 0), name
 
 
 def test_view_recipe_keeps_grey_28px_images_in_range():
