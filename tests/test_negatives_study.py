@@ -76,3 +76,24 @@ def test_quick_study_json_and_resume(tmp_path):
   assert before == after
   again = json.load(open(tmp_path / "negatives_quick.json"))
   assert [r["linear_top1"] for r in again["runs"]] == [r["linear_top1"] for r in runs]
+
+
+def test_fashion_arms_share_every_field_but_their_own(tmp_path):
+  """The fashion_mnist study's 7 arms (--dry_run: nothing trains): only the arm fields differ,
+  and bank.candidates, which MoCo and SimCLR refuse (no bank), is 0 for them alone."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([no_tensorflow(tmp_path), REPO,
+                                       env.get("PYTHONPATH", "")])
+  proc = subprocess.run([sys.executable, SCRIPT, "--dry_run",
+                         f"--workdir_root={tmp_path / 'runs'}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  lines = proc.stdout.split("all others are shared):")[1].strip().splitlines()
+  table = [line for line in lines if "mi_contrast.main" not in line]
+  rows = {line.split()[0]: dict(kv.split("=") for kv in line.split()[1:]) for line in table}
+  assert sorted(rows) == ["bank.candidates", "method", "negatives", "ring.outer"]
+  assert rows["bank.candidates"] == {
+      "ir_uniform": "8192", "ir_ring": "8192", "ir_ball": "8192", "moco_uniform": "0",
+      "moco_ring": "0", "simclr_uniform": "0", "simclr_ring": "0"}
+  commands = [line for line in proc.stdout.splitlines() if "mi_contrast.main" in line]
+  assert len(commands) == 21 and all("--config.num_epochs=10" in c for c in commands)
