@@ -34,7 +34,8 @@ ResNet at width 16) and its 20x20 training views; probes on the 10,000 test imag
 (eval_split = test), the preset's (100-epoch linear probe, kNN k = 200, few-shot). The default
 is the largest budget whose 21 runs fit in about 6 hours of the 2-core CPU (estimated there:
 IR about 65 s per epoch, MoCo and SimCLR, two views, about 75-90 s, and 1-2 min of end-of-run
-probes per run: about 4.8 hours). It is below the preset's 32 epochs (README, "Dataset
+probes per run: about 4.8 hours; the first IR runs took 18-21 minutes each with other jobs on
+the cores, so 6-7 hours is likelier). It is below the preset's 32 epochs (README, "Dataset
 presets"), so the networks compared are under-trained.
 --quick: digits (1,438 train / 359 test), 2 epochs of batch 128 (22 steps), a 30-epoch linear
 probe, seed 1337 alone, all 7 arms: 8 min there. It checks the plumbing, not the science.
