@@ -21,5 +21,5 @@ def get_config(preset=None):
   c.ring.outer_start = 1.0
   c.ring.outer = 0.1
   if c.dataset == "fashion_mnist":
-    c.bank.candidates = 8192   # the band over 8,192 random bank rows (config.py's preset)
+    c.bank.candidates = config.FASHION_MNIST_CANDIDATES  # the band over 8,192 random rows
   return c

@@ -53,7 +53,7 @@ VARIANTS = {
     # A ring that leaves out the nearest 10% of the bank (a class's share of it): [0.1, 0.5).
     "w16_e5_ring_10_50": {"width": 16, "num_epochs": 5, "ring.outer": 0.5, "ring.inner": 0.2},
     # Cheaper steps: 20x20 training views (the probes still see 28x28) and the band cut over
-    # 8,192 random bank rows instead of all of them (2.3x the images/s of w16 in
+    # 8,192 random bank rows instead of all of them (1.8-2.3x the images/s of w16 in
     # benchmarks/step_overhead.py here).
     "r20_c8k_e5": {"width": 16, "num_epochs": 5, "views": "fashion_mnist_20",
                    "bank.candidates": 8192},

@@ -112,7 +112,8 @@ STUDY = {
     # K = 4,096: a multiple of the batch (MoCo's queue), the same for IR's bank draws.
     # The band of IR's bank over 8,192 random rows, as configs/ring.py's preset (BANK_ONLY:
     # MoCo's and SimCLR's bands are over their whole queue or batch).
-    "fashion_mnist": {"num_negatives": 4096, "bank.candidates": 8192},
+    "fashion_mnist": {"num_negatives": 4096,
+                      "bank.candidates": config_lib.FASHION_MNIST_CANDIDATES},
     # The digits recipe of configs/ring.py (views without the flip, temperature 0.1).
     "digits": {"views": "digits_noflip", "temperature": 0.1, "num_negatives": 1024},
 }
