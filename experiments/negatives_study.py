@@ -52,8 +52,10 @@ Outputs:
   false-negative share against training step for the ring and ball arms (when logged).
 
 Resumable: each run's workdir is <workdir_root>/<method>_<negatives>_s<seed>. A run whose
-results.json matches its config (config_sha256) is read, not started; any other is started
-with the same command, which resumes from its newest checkpoint. Runs are child processes,
+results.json matches its config (config_sha256) is read, not started; so is a run whose record
+in --out (an earlier write of this JSON, e.g. the committed one) has its config_sha256, when its
+workdir is gone; any other is started with the same command, which resumes from its newest
+checkpoint. Runs are child processes,
 --max_parallel at a time (1 by default; on one GPU several small runs can share the device).
 SIGTERM or Ctrl-C stops the children (SIGTERM: a checkpoint at the next step) and writes the
 JSON; the same command later continues.
@@ -301,6 +303,20 @@ def read_metrics(workdir):
 
 def _finite(x):
   return None if x is None or not isinstance(x, (int, float)) or not math.isfinite(x) else x
+
+
+def recorded_run(old_study, plan):
+  """The run's record in an earlier write of the study's JSON, when it is of this very config.
+
+  The record is kept whole (metrics, series, commit, wall time), so a study continued on a
+  machine without the earlier workdirs (a fresh checkout) does not train that run again. A
+  record of another config (another budget, another commit's config) is not taken.
+  """
+  for record in (old_study or {}).get("runs", []):
+    if (record.get("arm") == plan["arm"] and record.get("seed") == plan["seed"]
+        and record.get("config_sha256") == plan["digest"]):
+      return record
+  return None
 
 
 def run_record(plan, results, chance):
@@ -658,9 +674,14 @@ def main(argv=None):
   for key in order:
     plan = plans[key]
     results = finished(plan["workdir"], plan["digest"])
+    recorded = recorded_run(study.old, plan)
     if results is not None:
       study.runs[key] = run_record(plan, results, study.chance)
       print(f"finished already: {plan['arm']} seed {plan['seed']}", flush=True)
+    elif recorded is not None:
+      study.runs[key] = recorded
+      print(f"finished already (record in {args.out}; its workdir is gone): "
+            f"{plan['arm']} seed {plan['seed']}", flush=True)
     else:
       todo.append(key)
   study.write()

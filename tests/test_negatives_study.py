@@ -1,6 +1,6 @@
 """experiments/negatives_study.py: --quick on two arms, one seed, a tiny budget; the JSON's
-layout and records, the PNG, and a second call that reads the finished runs instead of
-training them again. Plumbing only, not the science."""
+layout and records, the PNG, and later calls that read the finished runs (from their workdirs,
+then, with the workdirs gone, from the JSON's records) instead of training them again. Plumbing only, not the science."""
 
 import json
 import os
@@ -76,6 +76,15 @@ def test_quick_study_json_and_resume(tmp_path):
   assert before == after
   again = json.load(open(tmp_path / "negatives_quick.json"))
   assert [r["linear_top1"] for r in again["runs"]] == [r["linear_top1"] for r in runs]
+
+  # A fresh machine: the workdirs are gone, the JSON holds the records. They are taken from it
+  # (their config_sha256 is this config's), nothing trains, and the records stay whole.
+  os.rename(tmp_path / "runs", tmp_path / "runs_gone")
+  out = _study(tmp_path)
+  assert out.count("its workdir is gone") == 2 and "start:" not in out
+  assert not os.path.exists(tmp_path / "runs" / "ir_ring_s3" / "results.json")
+  third = json.load(open(tmp_path / "negatives_quick.json"))
+  assert third["runs"] == again["runs"] and third["paired"] == again["paired"]
 
 
 def test_fashion_arms_share_every_field_but_their_own(tmp_path):
