@@ -3,6 +3,8 @@
   python experiments/negatives_study.py                      # fashion_mnist, 7 arms x 3 seeds
   python experiments/negatives_study.py --quick              # digits, tiny budget (~8 min here)
   python experiments/negatives_study.py --arms=ir_uniform,ir_ring --seeds=1337,1 --epochs=4
+  python experiments/negatives_study.py --arms=ir_ring_wide \
+      --variant=ir_ring_wide=ir_ring:ring.outer=0.5,ring.inner=0.2   # a controlled variation
 
 Arms (config file -> method, negatives):
   ir_uniform configs/ir.py, ir_ring configs/ring.py, ir_ball configs/ball.py,
@@ -50,6 +52,19 @@ Outputs:
   uniform: mean difference and its standard error std / sqrt(n), None for n < 2), `failed`.
   A PNG next to it (same name, .png): accuracy per arm with seed error bars, and the
   false-negative share against training step for the ring and ball arms (when logged).
+  Records already in --out for arms or seeds this command does not run are kept (and counted in
+  `arms` and `paired`) when they are of the same budget (dataset, epochs, batch); a file that
+  holds runs of another budget is refused before anything runs (pass another --out). A record
+  of one of this command's runs made with another config is moved to `superseded` when the
+  run is trained again.
+
+Controlled variations: --variant=NAME=BASE_ARM:FIELD=VALUE[,FIELD=VALUE] defines an arm that
+is BASE_ARM with other ring.* values (only what an arm is made of; every other field stays
+shared), e.g. a band that stops short of the nearest neighbours, or a shorter anneal:
+  --variant=ir_ring_wide=ir_ring:ring.outer=0.5,ring.inner=0.2
+  --variant=ir_ring_fast=ir_ring:ring.anneal_fraction=0.25
+Its workdir is <workdir_root>/<NAME>_s<seed>, its record's `variant_of` and `variant_fields`
+say what it is, and `paired` gains NAME minus its method's uniform arm on the shared seeds.
 
 Resumable: each run's workdir is <workdir_root>/<method>_<negatives>_s<seed>. A run whose
 results.json matches its config (config_sha256) is read, not started; so is a run whose record
@@ -126,18 +141,56 @@ METRICS = ("linear_top1", "knn_top1", "fewshot_10", "bound_nats", "log_k_plus_1"
            "false_negative_share")
 PAIRED_METRICS = ("linear_top1", "knn_top1", "fewshot_10", "bound_nats", "false_negative_share")
 SIDECAR = "study_run.json"   # per workdir: commit and seconds of the study's child processes
+# Controlled variations (--variant): name -> {"base": arm, "fields": {ring.* field: value}}.
+VARIANTS = {}
 
 
 # ----------------------------------------------------------------------------------------------
 # Configs: the arms' effective configs and the flags that give them.
 # ----------------------------------------------------------------------------------------------
 
+def arm_file(arm):
+  """The config file of an arm or of a variant's base arm."""
+  return ARMS[VARIANTS[arm]["base"]] if arm in VARIANTS else ARMS[arm]
+
+
+def arm_order():
+  return list(ARMS) + [v for v in VARIANTS if v not in ARMS]
+
+
+def parse_variant(text):
+  """'ir_ring_wide=ir_ring:ring.outer=0.5,ring.inner=0.2' -> (name, base, {field: value})."""
+  usage = ("expected NAME=BASE_ARM:FIELD=VALUE[,FIELD=VALUE...], e.g. "
+           "--variant=ir_ring_wide=ir_ring:ring.outer=0.5,ring.inner=0.2")
+  name, sep, rest = text.partition("=")
+  base, sep2, assignments = rest.partition(":")
+  if not (sep and sep2 and name and assignments):
+    raise SystemExit(f"--variant {text!r}: {usage}")
+  if name in ARMS or not name.replace("_", "").isalnum():
+    raise SystemExit(f"--variant {text!r}: the name {name!r} must be new (not one of "
+                     f"{', '.join(ARMS)}) and made of letters, digits and '_'.")
+  if base not in ARMS:
+    raise SystemExit(f"--variant {text!r}: unknown base arm {base!r}; allowed: "
+                     + ", ".join(ARMS))
+  fields = dict(parse_assignment(a) for a in assignments.split(",") if a)
+  own = flatten(load_arm_config(base, None))
+  for key in fields:
+    if not key.startswith(ARM_SECTIONS) or key not in own:
+      raise SystemExit(f"--variant {text!r}: {key} is not a field of "
+                       f"{', '.join(s + '*' for s in ARM_SECTIONS)}; a variant changes only "
+                       "what an arm is made of (every other field is shared: use --set).")
+  return name, base, fields
+
+
 def load_arm_config(arm, preset):
-  path = os.path.join(REPO, ARMS[arm])
+  path = os.path.join(REPO, arm_file(arm))
   spec = importlib.util.spec_from_file_location(f"study_{arm}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(preset)
+  c = module.get_config(preset)
+  for key, value in VARIANTS.get(arm, {}).get("fields", {}).items():
+    set_field(c, key, value)
+  return c
 
 
 def flatten(c, prefix=""):
@@ -218,6 +271,9 @@ def arm_plan(arm, preset, values):
                        "can set None); give the study a value with --set.")
     flags.append(f"--config.{key}={_flag_value(value)}")
     set_field(c, key, value)
+  # A variant's own fields (already in c): flags on top of its base arm's config file.
+  for key, value in sorted(VARIANTS.get(arm, {}).get("fields", {}).items()):
+    flags.append(f"--config.{key}={_flag_value(value)}")
   return c, flags
 
 
@@ -249,7 +305,9 @@ def check_differences(differences):
 # One run: its command, its results, its record.
 # ----------------------------------------------------------------------------------------------
 
-def run_name(c):
+def run_name(c, arm=None):
+  if arm in VARIANTS:
+    return f"{arm}_s{c.seed}"
   return f"{c.method}_{c.negatives}_s{c.seed}"
 
 
@@ -332,7 +390,9 @@ def run_record(plan, results, chance):
   fewshot = (results.get("fewshot") or {}).get("10", {}).get("trained", {})
   sidecar = read_json(os.path.join(workdir, SIDECAR), {})
   return {
-      "arm": arm, "config": ARMS[arm], "method": c.method, "negatives": c.negatives,
+      "arm": arm, "config": arm_file(arm), "method": c.method, "negatives": c.negatives,
+      "variant_of": VARIANTS[arm]["base"] if arm in VARIANTS else None,
+      "variant_fields": VARIANTS[arm]["fields"] if arm in VARIANTS else None,
       "seed": int(c.seed), "dataset": results.get("dataset", c.dataset),
       "eval_split": results.get("eval_split"), "num_train": results.get("num_train"),
       "num_test": results.get("num_test"), "steps": steps, "epochs": int(c.num_epochs),
@@ -376,11 +436,11 @@ def _mean_std(values):
 
 def arm_summaries(runs):
   out = {}
-  for arm in ARMS:
+  for arm in arm_order() + sorted({r["arm"] for r in runs} - set(arm_order())):
     rows = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
     if not rows:
       continue
-    summary = {"config": ARMS[arm], "method": rows[0]["method"],
+    summary = {"config": rows[0]["config"], "method": rows[0]["method"],
                "negatives": rows[0]["negatives"], "seeds": [r["seed"] for r in rows],
                "steps": rows[0]["steps"], "epochs": rows[0]["epochs"],
                "mean": {}, "std": {}, "n": {}, "per_seed": {}}
@@ -393,21 +453,30 @@ def arm_summaries(runs):
 
 
 def paired(runs):
-  """Ring minus uniform per method (and IR ball minus uniform), on the seeds both have."""
-  by = {(r["method"], r["negatives"], r["seed"]): r for r in runs}
+  """Ring minus uniform per method (and IR ball, and every variant, minus its method's
+  uniform arm), on the seeds both have."""
+  by = {(r["arm"], r["seed"]): r for r in runs}
+  pairs = [("ir_ring", "ir_uniform"), ("moco_ring", "moco_uniform"),
+           ("simclr_ring", "simclr_uniform"), ("ir_ball", "ir_uniform")]
+  variants = sorted({r["arm"] for r in runs if r["arm"] not in ARMS},
+                    key=lambda a: (arm_order() + [a]).index(a))
+  pairs += [(v, next(r["method"] for r in runs if r["arm"] == v) + "_uniform")
+            for v in variants]
   out = []
-  for method, negatives in (("ir", "ring"), ("moco", "ring"), ("simclr", "ring"),
-                            ("ir", "ball")):
-    seeds = sorted(s for (m, n, s) in by if m == method and n == negatives
-                   and (method, "uniform", s) in by)
+  for arm_a, arm_b in pairs:
+    seeds = sorted(s for (arm, s) in by if arm == arm_a and (arm_b, s) in by)
     if not seeds:
       continue
+    first = by[(arm_a, seeds[0])]
+    method, negatives = first["method"], first["negatives"]
     entry = {"method": method, "a": negatives, "b": "uniform", "seeds": seeds,
-             "label": f"{method}: {negatives} - uniform"}
+             "arm_a": arm_a, "arm_b": arm_b,
+             "label": (f"{method}: {negatives} - uniform" if arm_a in ARMS
+                       else f"{arm_a} - {arm_b}")}
     for metric in PAIRED_METRICS:
       diffs = []
       for s in seeds:
-        a, b = by[(method, negatives, s)][metric], by[(method, "uniform", s)][metric]
+        a, b = by[(arm_a, s)][metric], by[(arm_b, s)][metric]
         diffs.append(None if a is None or b is None else a - b)
       mean, std, n = _mean_std(diffs)
       entry[metric] = {"diffs": diffs, "mean": mean, "std": std, "n": n,
@@ -525,6 +594,26 @@ class Study:
     self.runs = {}
     self.failed = {}
     self.chance = self.old.get("false_negative_chance")
+    old_runs = self.old.get("runs", []) if self.old.get("dataset") == args.dataset else []
+    # Records of arms and seeds this command does not run are kept (the JSON is the only copy
+    # of a run once its workdir is gone). Every record must be of this budget (a JSON of
+    # another budget is refused, never overwritten); a record of one of this command's runs
+    # made with another config of the same budget is moved to `superseded`.
+    self.kept = [r for r in old_runs if (r.get("arm"), r.get("seed")) not in plans]
+    self.superseded = list(self.old.get("superseded", [])) + [
+        r for r in old_runs if (r.get("arm"), r.get("seed")) in plans
+        and r.get("config_sha256") != plans[(r["arm"], r["seed"])]["digest"]]
+    c = next(iter(plans.values()))["config"]
+    budget = (args.dataset, int(c.num_epochs), int(c.global_batch_size))
+    foreign = [r for r in old_runs
+               if (r.get("dataset"), r.get("epochs"), r.get("global_batch_size")) != budget]
+    if foreign or (self.old.get("runs") and self.old.get("dataset") != args.dataset):
+      theirs = sorted({(r.get("dataset"), r.get("epochs"), r.get("global_batch_size"))
+                       for r in (foreign or self.old["runs"])}, key=str)
+      raise SystemExit(
+          f"--out {args.out} holds runs of another budget (dataset, epochs, batch: {theirs}) "
+          f"than this command's {budget}; writing it would drop them. Pass another --out, "
+          "or move that file away.")
 
   def record(self, key, record):
     self.runs[key] = record
@@ -533,7 +622,10 @@ class Study:
 
   def write(self):
     order = {key: i for i, key in enumerate(self.plans)}
-    runs = [self.runs[k] for k in sorted(self.runs, key=order.get)]
+    arms = arm_order()
+    kept = sorted(self.kept, key=lambda r: (
+        arms.index(r["arm"]) if r["arm"] in arms else len(arms), str(r["arm"]), r["seed"]))
+    runs = [self.runs[k] for k in sorted(self.runs, key=order.get)] + kept
     any_plan = next(iter(self.plans.values()))
     study = {
         "study": "negatives", "dataset": self.args.dataset, "quick": self.args.quick,
@@ -545,10 +637,12 @@ class Study:
                    "note": "every arm: the same epochs, batch and training images (all of "
                            "the training split: the config has no subset field)"},
         "seeds": self.args.seeds, "arms_requested": self.args.arms,
+        "variants": {**self.old.get("variants", {}), **self.args.variants},
         "shared": self.shared, "arm_differences": self.differences,
         "false_negative_chance": self.chance,
         "runs": runs, "arms": arm_summaries(runs), "paired": paired(runs),
         "failed": [self.failed[k] for k in sorted(self.failed, key=order.get)],
+        "superseded": self.superseded,
         "commit": git_commit(), "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"host": socket.gethostname(), "platform": platform.platform(),
                     "cpu_count": os.cpu_count(), "max_parallel": self.args.max_parallel},
@@ -597,7 +691,14 @@ def parse_args(argv):
                       help="default fashion_mnist (--quick: digits)")
   parser.add_argument("--quick", action="store_true",
                       help="digits, 2 epochs, 30-epoch probe, seed 1337: checks the plumbing")
-  parser.add_argument("--arms", default=",".join(ARMS), help="comma list of " + ", ".join(ARMS))
+  parser.add_argument("--arms", default=None,
+                      help="comma list of " + ", ".join(ARMS) + " and --variant names "
+                      "(default: all of them)")
+  parser.add_argument("--variant", action="append", default=[],
+                      metavar="NAME=BASE_ARM:FIELD=VALUE[,...]",
+                      help="a controlled variation of an arm in its ring.* fields, e.g. "
+                      "--variant=ir_ring_wide=ir_ring:ring.outer=0.5,ring.inner=0.2; "
+                      "compared with its method's uniform arm on the same seeds")
   parser.add_argument("--seeds", default=None,
                       help="comma list (default 1337,1,2; --quick: 1337)")
   parser.add_argument("--epochs", type=int, default=None,
@@ -612,14 +713,24 @@ def parse_args(argv):
   parser.add_argument("--workdir_root", default=None,
                       help="runs' workdirs (default <repo>/runs/negatives_study/<name>)")
   parser.add_argument("--max_parallel", type=int, default=1)
+  parser.add_argument("--start_window_minutes", type=float, default=None,
+                      help="start no run later than this many minutes from now (the running "
+                      "ones finish): a machine that is only lent for a while ends with "
+                      "finished runs, not a half-trained one")
   parser.add_argument("--dry_run", action="store_true",
                       help="print the per-arm differences and the commands; run nothing")
   args = parser.parse_args(argv)
   args.dataset = args.dataset or ("digits" if args.quick else "fashion_mnist")
-  args.arms = [a for a in args.arms.split(",") if a]
-  unknown = [a for a in args.arms if a not in ARMS]
+  VARIANTS.clear()
+  for text in args.variant:
+    name, base, fields = parse_variant(text)
+    VARIANTS[name] = {"base": base, "fields": fields}
+  args.variants = {name: dict(v) for name, v in VARIANTS.items()}
+  args.arms = [a for a in (args.arms or ",".join(arm_order())).split(",") if a]
+  unknown = [a for a in args.arms if a not in ARMS and a not in VARIANTS]
   if unknown:
-    parser.error(f"--arms: unknown {unknown}; allowed: {', '.join(ARMS)}")
+    parser.error(f"--arms: unknown {unknown}; allowed: {', '.join(arm_order())} "
+                 "(a variant is defined with --variant)")
   seeds = args.seeds or ",".join(map(str, QUICK_SEEDS if args.quick else DEFAULT_SEEDS))
   args.seeds = [int(s) for s in seeds.split(",") if s]
   if args.epochs is None and not args.quick:
@@ -643,11 +754,11 @@ def main(argv=None):
   for arm in args.arms:
     base, flags = arm_plan(arm, args.dataset, values)
     configs[arm] = base
-    config_file = ARMS[arm]
+    config_file = arm_file(arm)
     for seed in args.seeds:
       c, _ = arm_plan(arm, args.dataset, values)
       c.seed = seed
-      workdir = os.path.join(args.workdir_root, run_name(c))
+      workdir = os.path.join(args.workdir_root, run_name(c, arm))
       plans[(arm, seed)] = {"arm": arm, "seed": seed, "config": c, "workdir": workdir,
                             "digest": config_digest(c), "parallel": args.max_parallel,
                             "command": command(config_file, args.dataset, flags, seed, workdir)}
@@ -697,7 +808,13 @@ def main(argv=None):
 
   signal.signal(signal.SIGTERM, stop)
   signal.signal(signal.SIGINT, stop)
+  window_end = (time.time() + 60.0 * args.start_window_minutes
+                if args.start_window_minutes is not None else None)
   while (todo and not stopping) or running:
+    if todo and window_end is not None and time.time() > window_end:
+      print(f"start window over: {len(todo)} runs not started; the same command continues "
+            "them.", flush=True)
+      todo = []
     while todo and not stopping and len(running) < args.max_parallel:
       key = todo.pop(0)
       print(f"start: {plans[key]['arm']} seed {key[1]} -> {plans[key]['workdir']}", flush=True)
@@ -725,7 +842,8 @@ def main(argv=None):
         print(f"{what}: {plan['arm']} seed {key[1]} (exit {proc.returncode}); log: "
               f"{plan['workdir']}/study_log.txt", flush=True)
   study.write()
-  print(f"wrote {args.out} ({len(study.runs)} of {len(plans)} runs)"
+  print(f"wrote {args.out} ({len(study.runs)} of this command's {len(plans)} runs"
+        + (f", {len(study.kept)} more kept from the file" if study.kept else "") + ")"
         + (f" and {args.plot}" if study.runs and args.plot != "-" else ""), flush=True)
   if stopping:
     print("stopped: run the same command to continue.", flush=True)

@@ -15,19 +15,21 @@ RUN_FIELDS = ("method", "negatives", "seed", "dataset", "num_train", "steps", "e
               "commit", "bound_nats", "log_k_plus_1", "false_negative_chance")
 
 
-def _study(tmp_path):
+def _study(tmp_path, arms="ir_uniform,ir_ring", extra=(), check=True):
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([no_tensorflow(tmp_path), REPO,
                                        env.get("PYTHONPATH", "")])
   env["XLA_FLAGS"] = child_xla_flags(1)
-  cmd = [sys.executable, SCRIPT, "--quick", "--arms=ir_uniform,ir_ring", "--seeds=3",
+  cmd = [sys.executable, SCRIPT, "--quick", f"--arms={arms}", "--seeds=3",
          "--max_parallel=2",
          "--epochs=1", f"--out={tmp_path / 'negatives_quick.json'}",
          f"--workdir_root={tmp_path / 'runs'}",
          # a tiny network and probe: 11 steps of batch 128 each
          "--set=width=8", "--set=head_hidden=32", "--set=embedding_dim=16",
-         "--set=num_negatives=64", "--set=probe_epochs=2"]
+         "--set=num_negatives=64", "--set=probe_epochs=2"] + list(extra)
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  if not check:
+    return proc
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc.stdout
 
@@ -86,6 +88,20 @@ def test_quick_study_json_and_resume(tmp_path):
   third = json.load(open(tmp_path / "negatives_quick.json"))
   assert third["runs"] == again["runs"] and third["paired"] == again["paired"]
 
+  # A command for one arm keeps the other arm's record (the JSON is its only copy now).
+  out = _study(tmp_path, arms="ir_uniform")
+  assert out.count("its workdir is gone") == 1 and "start:" not in out
+  fourth = json.load(open(tmp_path / "negatives_quick.json"))
+  assert fourth["runs"] == again["runs"] and fourth["paired"] == again["paired"]
+
+  # Another budget into the same JSON would drop its runs: refused before anything trains,
+  # the file untouched.
+  before = open(tmp_path / "negatives_quick.json").read()
+  proc = _study(tmp_path, extra=["--epochs=2"], check=False)
+  assert proc.returncode != 0 and "holds runs of another budget" in proc.stderr
+  assert "another --out" in proc.stderr and "start:" not in proc.stdout
+  assert open(tmp_path / "negatives_quick.json").read() == before
+
 
 def test_fashion_arms_share_every_field_but_their_own(tmp_path):
   """The fashion_mnist study's 7 arms (--dry_run: nothing trains): only the arm fields differ,
@@ -106,3 +122,70 @@ def test_fashion_arms_share_every_field_but_their_own(tmp_path):
       "moco_ring": "0", "simclr_uniform": "0", "simclr_ring": "0"}
   commands = [line for line in proc.stdout.splitlines() if "mi_contrast.main" in line]
   assert len(commands) == 21 and all("--config.num_epochs=10" in c for c in commands)
+
+
+def _dry(tmp_path, *args):
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([no_tensorflow(tmp_path), REPO,
+                                       env.get("PYTHONPATH", "")])
+  return subprocess.run([sys.executable, SCRIPT, "--dry_run", "--quick",
+                         f"--workdir_root={tmp_path / 'runs'}", *args],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_variant_arm_flags_and_differences(tmp_path):
+  """--variant: an arm that differs from its base arm in ring.* fields only; its workdir is
+  its own and its command is the base config file with the variant's flags."""
+  proc = _dry(tmp_path, "--arms=ir_uniform,ir_ring,ir_ring_wide",
+              "--variant=ir_ring_wide=ir_ring:ring.outer=0.5,ring.inner=0.2")
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  lines = proc.stdout.split("all others are shared):")[1].strip().splitlines()
+  rows = {line.split()[0]: dict(kv.split("=") for kv in line.split()[1:])
+          for line in lines if "mi_contrast.main" not in line}
+  assert sorted(rows) == ["negatives", "ring.inner", "ring.outer"]
+  assert rows["ring.outer"] == {"ir_uniform": "0.1", "ir_ring": "0.1", "ir_ring_wide": "0.5"}
+  assert rows["ring.inner"]["ir_ring_wide"] == "0.2"
+  (wide,) = [line for line in lines if "ir_ring_wide_s1337" in line]
+  assert "--config=configs/ring.py:digits" in wide
+  assert "--config.ring.outer=0.5" in wide and "--config.ring.inner=0.2" in wide
+  # A variant may not change a shared field, nor reuse an arm's name.
+  for bad in ("ir_ring_lr=ir_ring:learning_rate=0.1", "ir_ring=ir_uniform:ring.outer=0.5",
+              "x=nope:ring.outer=0.5"):
+    proc = _dry(tmp_path, f"--variant={bad}")
+    assert proc.returncode != 0 and "--variant" in proc.stderr, (bad, proc.stderr[-500:])
+
+
+def test_paired_differences_of_a_variant():
+  """paired(): ring minus uniform per method, and a variant minus its method's uniform arm,
+  on the seeds both have; the standard error is std / sqrt(n)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("negatives_study_t", SCRIPT)
+  study = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(study)
+
+  def run(arm, negatives, seed, linear):
+    return {"arm": arm, "method": "ir", "negatives": negatives, "seed": seed,
+            **{m: None for m in study.PAIRED_METRICS}, "linear_top1": linear}
+
+  runs = [run("ir_uniform", "uniform", 1, 0.80), run("ir_uniform", "uniform", 2, 0.82),
+          run("ir_uniform", "uniform", 3, 0.81),
+          run("ir_ring", "ring", 1, 0.81), run("ir_ring", "ring", 2, 0.85),
+          run("ir_ring_wide", "ring", 2, 0.84), run("ir_ring_wide", "ring", 3, 0.80)]
+  ring, wide = study.paired(runs)
+  assert ring["label"] == "ir: ring - uniform" and ring["seeds"] == [1, 2]
+  assert abs(ring["linear_top1"]["mean"] - 0.02) < 1e-12
+  d = [0.01, 0.03]
+  std = (sum((x - 0.02) ** 2 for x in d) / 1) ** 0.5
+  assert abs(ring["linear_top1"]["se"] - std / 2 ** 0.5) < 1e-12
+  assert wide["label"] == "ir_ring_wide - ir_uniform" and wide["seeds"] == [2, 3]
+  assert [round(x, 12) for x in wide["linear_top1"]["diffs"]] == [0.02, -0.01]
+  assert ring["knn_top1"]["mean"] is None
+
+
+def test_start_window_starts_nothing_late(tmp_path):
+  """--start_window_minutes: no run starts after the window; the command says so and exits
+  non-zero (the study is unfinished), and the same command later continues."""
+  proc = _study(tmp_path, extra=["--start_window_minutes=0"], check=False)
+  assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "start window over: 2 runs not started" in proc.stdout
+  assert "start:" not in proc.stdout and not os.path.exists(tmp_path / "runs")
