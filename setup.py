@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
 ]
 TF_REQUIRES = ["tensorflow-cpu>=2.19,<2.22", "tensorboard>=2.19,<2.22"]
-TEST_REQUIRES = ["pytest>=8", "pytest-xdist>=3.5", "hypothesis>=6.100",
+TEST_REQUIRES = ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100",
                  "scikit-image>=0.24"] + TF_REQUIRES
 # PyTorch (CPU wheel) for tests/test_torch_export.py and export's .pt/.pth output; never a
 # dependency of the package itself.
