@@ -626,6 +626,10 @@ class Study:
     kept = sorted(self.kept, key=lambda r: (
         arms.index(r["arm"]) if r["arm"] in arms else len(arms), str(r["arm"]), r["seed"]))
     runs = [self.runs[k] for k in sorted(self.runs, key=order.get)] + kept
+    seeds = list(DEFAULT_SEEDS) + [s for s in self.args.seeds if s not in DEFAULT_SEEDS]
+    runs.sort(key=lambda r: (arms.index(r["arm"]) if r["arm"] in arms else len(arms),
+                             str(r["arm"]), seeds.index(r["seed"]) if r["seed"] in seeds
+                             else len(seeds), r["seed"]))
     any_plan = next(iter(self.plans.values()))
     study = {
         "study": "negatives", "dataset": self.args.dataset, "quick": self.args.quick,
