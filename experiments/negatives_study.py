@@ -623,9 +623,7 @@ class Study:
   def write(self):
     order = {key: i for i, key in enumerate(self.plans)}
     arms = arm_order()
-    kept = sorted(self.kept, key=lambda r: (
-        arms.index(r["arm"]) if r["arm"] in arms else len(arms), str(r["arm"]), r["seed"]))
-    runs = [self.runs[k] for k in sorted(self.runs, key=order.get)] + kept
+    runs = list(self.runs.values()) + self.kept
     seeds = list(DEFAULT_SEEDS) + [s for s in self.args.seeds if s not in DEFAULT_SEEDS]
     runs.sort(key=lambda r: (arms.index(r["arm"]) if r["arm"] in arms else len(arms),
                              str(r["arm"]), seeds.index(r["seed"]) if r["seed"] in seeds
@@ -641,7 +639,7 @@ class Study:
                    "note": "every arm: the same epochs, batch and training images (all of "
                            "the training split: the config has no subset field)"},
         "seeds": self.args.seeds, "arms_requested": self.args.arms,
-        "variants": {**self.old.get("variants", {}), **self.args.variants},
+        "variants": {**self.old.get("variants", {}), **VARIANTS},
         "shared": self.shared, "arm_differences": self.differences,
         "false_negative_chance": self.chance,
         "runs": runs, "arms": arm_summaries(runs), "paired": paired(runs),
@@ -729,7 +727,6 @@ def parse_args(argv):
   for text in args.variant:
     name, base, fields = parse_variant(text)
     VARIANTS[name] = {"base": base, "fields": fields}
-  args.variants = {name: dict(v) for name, v in VARIANTS.items()}
   args.arms = [a for a in (args.arms or ",".join(arm_order())).split(",") if a]
   unknown = [a for a in args.arms if a not in ARMS and a not in VARIANTS]
   if unknown:
@@ -747,6 +744,8 @@ def parse_args(argv):
       args.workdir_root or os.path.join(REPO, "runs", "negatives_study", name))
   if args.max_parallel < 1:
     parser.error("--max_parallel: at least 1")
+  if args.start_window_minutes is not None and args.start_window_minutes < 0:
+    parser.error("--start_window_minutes: 0 or more")
   return args
 
 
@@ -757,6 +756,11 @@ def main(argv=None):
   configs, plans = {}, {}
   for arm in args.arms:
     base, flags = arm_plan(arm, args.dataset, values)
+    if arm in VARIANTS:   # its values are new: checked here, not in a child process
+      try:
+        config_lib.validate(base, num_devices=1)
+      except ValueError as e:
+        raise SystemExit(f"--variant {arm}: {e}") from None
     configs[arm] = base
     config_file = arm_file(arm)
     for seed in args.seeds:

@@ -149,8 +149,9 @@ def test_variant_arm_flags_and_differences(tmp_path):
   assert "--config=configs/ring.py:digits" in wide
   assert "--config.ring.outer=0.5" in wide and "--config.ring.inner=0.2" in wide
   # A variant may not change a shared field, nor reuse an arm's name.
+  # Nor hold a value the config refuses (checked before anything runs).
   for bad in ("ir_ring_lr=ir_ring:learning_rate=0.1", "ir_ring=ir_uniform:ring.outer=0.5",
-              "x=nope:ring.outer=0.5"):
+              "x=nope:ring.outer=0.5", "ir_ring_bad=ir_ring:ring.outer=2.0"):
     proc = _dry(tmp_path, f"--variant={bad}")
     assert proc.returncode != 0 and "--variant" in proc.stderr, (bad, proc.stderr[-500:])
 
@@ -189,3 +190,5 @@ def test_start_window_starts_nothing_late(tmp_path):
   assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert "start window over: 2 runs not started" in proc.stdout
   assert "start:" not in proc.stdout and not os.path.exists(tmp_path / "runs")
+  proc = _study(tmp_path, extra=["--start_window_minutes=-1"], check=False)
+  assert proc.returncode != 0 and "--start_window_minutes: 0 or more" in proc.stderr
