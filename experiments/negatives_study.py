@@ -485,6 +485,53 @@ def paired(runs):
   return out
 
 
+def _pm(mean, spread, digits=3, sign=False):
+  if mean is None:
+    return "-"
+  mean = round(mean, digits) + 0.0   # no "-0.000"
+  text = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+  return text + (f" ± {spread:.{digits}f}" if spread is not None else "")
+
+
+def table(study):
+  """The study's JSON as two markdown tables (the README's): per arm, mean ± std over seeds;
+  per comparison, the mean paired difference ± its standard error, and on how many seeds the
+  difference is positive."""
+  runs = study.get("runs", [])
+  lines = ["| arm | seeds | linear | kNN | 10-shot | bound / cap (nats) | "
+           "false-negative share | minutes per run |", "|---|---|---|---|---|---|---|---|"]
+  arms = study.get("arms", {})
+  for arm in [a for a in arm_order() if a in arms] + sorted(set(arms) - set(arm_order())):
+    s = arms[arm]
+    mean, std = s["mean"], s["std"]
+    walls = [r["wall_seconds"] / 60 for r in runs
+             if r["arm"] == arm and r.get("wall_seconds") is not None]
+    bound = ("-" if mean.get("bound_nats") is None else
+             f"{mean['bound_nats']:.2f} / {mean['log_k_plus_1']:.2f}")
+    lines.append(
+        f"| {arm} | {','.join(map(str, s['seeds']))} | "
+        + " | ".join(_pm(mean[m], std[m]) for m in ("linear_top1", "knn_top1", "fewshot_10"))
+        + f" | {bound} | {_pm(mean['false_negative_share'], None)} | "
+        + (f"{sum(walls) / len(walls):.0f}" if walls else "-") + " |")
+  lines += ["", "| difference (same seeds) | seeds | linear | kNN | 10-shot | "
+            "false-negative share | seeds where it is > 0 (linear / kNN / 10-shot) |",
+            "|---|---|---|---|---|---|---|"]
+  for p in study.get("paired", []):
+    def positive(metric):
+      return sum(1 for d in p[metric]["diffs"] if d is not None and d > 0)
+    lines.append(
+        f"| {p['label']} | {','.join(map(str, p['seeds']))} | "
+        + " | ".join(_pm(p[m]["mean"], p[m]["se"], sign=True)
+                     for m in ("linear_top1", "knn_top1", "fewshot_10", "false_negative_share"))
+        + f" | {positive('linear_top1')} / {positive('knn_top1')} / {positive('fewshot_10')}"
+        f" of {len(p['seeds'])} |")
+  chance = study.get("false_negative_chance")
+  lines += ["", "Arms: mean ± std over seeds. Differences: mean ± standard error of the paired "
+            "differences (std / sqrt(seeds))."
+            + (f" False-negative share at chance: {chance:.3f}." if chance else "")]
+  return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------
 # The plot.
 # ----------------------------------------------------------------------------------------------
@@ -719,6 +766,9 @@ def parse_args(argv):
                       help="start no run later than this many minutes from now (the running "
                       "ones finish): a machine that is only lent for a while ends with "
                       "finished runs, not a half-trained one")
+  parser.add_argument("--table", action="store_true",
+                      help="print --out's arms and paired differences as markdown tables; "
+                      "run nothing")
   parser.add_argument("--dry_run", action="store_true",
                       help="print the per-arm differences and the commands; run nothing")
   args = parser.parse_args(argv)
@@ -751,6 +801,12 @@ def parse_args(argv):
 
 def main(argv=None):
   args = parse_args(argv)
+  if args.table:
+    study = read_json(args.out)
+    if not study:
+      raise SystemExit(f"--table: no study JSON at {args.out}")
+    print(table(study))
+    return 0
   values = study_values(args.dataset, args.quick, args.epochs, args.data_dir,
                         [parse_assignment(s) for s in args.set])
   configs, plans = {}, {}

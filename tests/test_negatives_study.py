@@ -192,3 +192,41 @@ def test_start_window_starts_nothing_late(tmp_path):
   assert "start:" not in proc.stdout and not os.path.exists(tmp_path / "runs")
   proc = _study(tmp_path, extra=["--start_window_minutes=-1"], check=False)
   assert proc.returncode != 0 and "--start_window_minutes: 0 or more" in proc.stderr
+
+
+def test_table_of_a_study(tmp_path):
+  """--table prints the JSON's arms (mean ± std, in the study's arm order) and paired
+  differences (mean ± standard error, seeds with a positive difference), running nothing."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("negatives_study_t2", SCRIPT)
+  study = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(study)
+
+  def run(arm, negatives, seed, linear, share):
+    return {"arm": arm, "method": "ir", "negatives": negatives, "seed": seed,
+            "config": study.arm_file(arm), "steps": 10, "epochs": 1, "wall_seconds": 120.0,
+            "linear_top1": linear, "knn_top1": 0.5, "fewshot_10": None, "bound_nats": 1.0,
+            "log_k_plus_1": 2.0, "false_negative_share": share}
+
+  runs = [run("ir_ring", "ring", 1, 0.81, 0.4), run("ir_ring", "ring", 2, 0.85, 0.4),
+          run("ir_uniform", "uniform", 1, 0.80, 0.1), run("ir_uniform", "uniform", 2, 0.82, 0.1)]
+  data = {"runs": runs, "arms": study.arm_summaries(runs), "paired": study.paired(runs),
+          "false_negative_chance": 0.1}
+  out = tmp_path / "negatives.json"
+  out.write_text(json.dumps(data, sort_keys=True))
+  proc = subprocess.run([sys.executable, SCRIPT, "--table", f"--out={out}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  rows = [l for l in lines if l.startswith("| ir")]
+  std_u = (2 * 0.01 ** 2) ** 0.5   # seeds 0.80, 0.82 around 0.81
+  assert rows[0].startswith(f"| ir_uniform | 1,2 | 0.810 ± {std_u:.3f} | 0.500 ± 0.000 | - |")
+  assert "| 1.00 / 2.00 | 0.100 | 2 |" in rows[0]
+  assert rows[1].startswith("| ir_ring | 1,2 | 0.830 ± 0.028 |")
+  # differences 0.01, 0.03: mean 0.02, std 0.01414, se 0.01
+  assert rows[2].startswith("| ir: ring - uniform | 1,2 | +0.020 ± 0.010 | +0.000 ± 0.000 | - |"
+                            " +0.300 ± 0.000 | 2 / 0 / 0 of 2 |"), rows[2]
+  assert not os.path.exists(tmp_path / "negatives.png")
+  missing = subprocess.run([sys.executable, SCRIPT, "--table", f"--out={tmp_path / 'no.json'}"],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert missing.returncode != 0 and "no study JSON" in missing.stderr
