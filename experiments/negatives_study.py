@@ -504,30 +504,38 @@ def table(study):
   for arm in [a for a in arm_order() if a in arms] + sorted(set(arms) - set(arm_order())):
     s = arms[arm]
     mean, std = s["mean"], s["std"]
-    walls = [r["wall_seconds"] / 60 for r in runs
-             if r["arm"] == arm and r.get("wall_seconds") is not None]
-    bound = ("-" if mean.get("bound_nats") is None else
+    minutes = _mean_std([r.get("wall_seconds") for r in runs if r["arm"] == arm])[0]
+    bound = ("-" if None in (mean.get("bound_nats"), mean.get("log_k_plus_1")) else
              f"{mean['bound_nats']:.2f} / {mean['log_k_plus_1']:.2f}")
     lines.append(
         f"| {arm} | {','.join(map(str, s['seeds']))} | "
         + " | ".join(_pm(mean[m], std[m]) for m in ("linear_top1", "knn_top1", "fewshot_10"))
         + f" | {bound} | {_pm(mean['false_negative_share'], None)} | "
-        + (f"{sum(walls) / len(walls):.0f}" if walls else "-") + " |")
+        + (f"{minutes / 60:.0f}" if minutes is not None else "-") + " |")
   lines += ["", "| difference (same seeds) | seeds | linear | kNN | 10-shot | "
-            "false-negative share | seeds where it is > 0 (linear / kNN / 10-shot) |",
-            "|---|---|---|---|---|---|---|"]
+            "false-negative share | seeds where it is > 0 (linear / kNN / 10-shot) | "
+            "95% t-interval, linear / 10-shot |", "|---|---|---|---|---|---|---|---|"]
   for p in study.get("paired", []):
     def positive(metric):
       return sum(1 for d in p[metric]["diffs"] if d is not None and d > 0)
+
+    def interval(metric):
+      import scipy.stats   # scikit-learn's dependency
+      m, se, n = p[metric]["mean"], p[metric]["se"], p[metric]["n"]
+      if m is None or se is None:
+        return "-"
+      half = scipy.stats.t.ppf(0.975, n - 1) * se
+      return f"[{m - half:+.3f}, {m + half:+.3f}]"
     lines.append(
         f"| {p['label']} | {','.join(map(str, p['seeds']))} | "
         + " | ".join(_pm(p[m]["mean"], p[m]["se"], sign=True)
                      for m in ("linear_top1", "knn_top1", "fewshot_10", "false_negative_share"))
         + f" | {positive('linear_top1')} / {positive('knn_top1')} / {positive('fewshot_10')}"
-        f" of {len(p['seeds'])} |")
+        f" of {len(p['seeds'])} | {interval('linear_top1')} / {interval('fewshot_10')} |")
   chance = study.get("false_negative_chance")
   lines += ["", "Arms: mean ± std over seeds. Differences: mean ± standard error of the paired "
-            "differences (std / sqrt(seeds))."
+            "differences (std / sqrt(seeds)); the interval is mean ± t(0.975, seeds - 1) x "
+            "standard error."
             + (f" False-negative share at chance: {chance:.3f}." if chance else "")]
   return "\n".join(lines)
 

@@ -225,7 +225,7 @@ def test_table_of_a_study(tmp_path):
   assert rows[1].startswith("| ir_ring | 1,2 | 0.830 ± 0.028 |")
   # differences 0.01, 0.03: mean 0.02, std 0.01414, se 0.01
   assert rows[2].startswith("| ir: ring - uniform | 1,2 | +0.020 ± 0.010 | +0.000 ± 0.000 | - |"
-                            " +0.300 ± 0.000 | 2 / 0 / 0 of 2 |"), rows[2]
+                            " +0.300 ± 0.000 | 2 / 0 / 0 of 2 | [-0.107, +0.147] / - |"), rows[2]
   assert not os.path.exists(tmp_path / "negatives.png")
   missing = subprocess.run([sys.executable, SCRIPT, "--table", f"--out={tmp_path / 'no.json'}"],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
