@@ -12,15 +12,27 @@ extra under SLURM (srun), Open MPI, or on a TPU pod slice with --distributed=on.
 writes the logs and files; checkpoints are written and restored by all processes together.
 """
 
+import importlib.util
 import json
 import logging as py_logging
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
+# The trainer's dependencies come with the `train` extra; the light modules (bounds, negatives,
+# schedules, views) need only jax and numpy. Stop before any of them is imported.
+_TRAIN_MODULES = ("absl", "ml_collections", "flax", "optax", "orbax", "clu",
+                  "tensorflow_datasets", "sklearn", "matplotlib")
+_MISSING = [m for m in _TRAIN_MODULES if importlib.util.find_spec(m) is None]
+if _MISSING:
+  sys.exit(f"mi_contrast.main: the trainer needs the 'train' extra, and {', '.join(_MISSING)} "
+           f"{'is' if len(_MISSING) == 1 else 'are'} not installed. Install it with\n"
+           f"  pip install -e \".[train]\"\n(from a clone of the repository; "
+           f"pip install \"mi_contrast[train]\" otherwise).")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.",

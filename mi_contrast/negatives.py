@@ -63,6 +63,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
+
+from mi_contrast import _contracts as _c
 
 __all__ = [
     "fractions_to_quantiles",
@@ -85,7 +88,8 @@ _MOMENT_SAMPLE = 2048           # columns used to estimate a row's mean and spre
 # ---------------------------------------------------------------------------------------------
 
 
-def fractions_to_quantiles(outer, inner, dynamic_inner=True):
+def fractions_to_quantiles(outer: float | ArrayLike, inner: float | ArrayLike,
+                           dynamic_inner: bool = True) -> tuple:
   """The authors' ring fractions ``(rho_outer, rho_inner)`` -> quantiles ``(lower, upper)``.
 
   With the reference's "dynamic inner" the ring is the nearest ``rho_outer`` fraction of the
@@ -96,13 +100,30 @@ def fractions_to_quantiles(outer, inner, dynamic_inner=True):
   With ``dynamic_inner=False`` the inner cut is a fraction of the whole pool:
   ``upper = 1 - inner`` (the ring is empty unless ``inner < outer``). Defaults
   ``outer = inner = 0.1`` give the 90th..99th similarity percentiles. Works on python floats
-  (returns floats) and on traced arrays. Source: method specification, section 3.
+  (returns floats; each must lie in [0, 1]) and on traced arrays (returns arrays).
+  ``docs/method.md`` ("Ball and ring") compares the two parameterisations.
+
+  Examples:
+    >>> from mi_contrast import negatives
+    >>> lower, upper = negatives.fractions_to_quantiles(0.1, 0.1)
+    >>> round(lower, 6), round(upper, 6)
+    (0.9, 0.99)
   """
+  for name, value in (("outer", outer), ("inner", inner)):
+    if _c.is_number(value):
+      _c.number_in("fractions_to_quantiles", name, value, 0.0, 1.0)
   return 1.0 - outer, 1.0 - (inner * outer if dynamic_inner else inner)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def band_bounds(num_candidates, lower, upper):
+def _check_band(fn, lower, upper):
+  """lower and upper: scalars, each in [0, 1] when a Python number. A Python ``lower > upper``
+  is allowed: it is an empty band (what an annealed band can reach)."""
+  _c.number_in(fn, "lower", lower, 0.0, 1.0)
+  _c.number_in(fn, "upper", upper, 0.0, 1.0)
+
+
+def band_bounds(num_candidates: int, lower: ArrayLike, upper: ArrayLike
+                ) -> tuple[jax.Array, jax.Array]:
   """Rank range ``(start, end)`` (int32 scalars) kept by the band ``[lower, upper]``.
 
   ``num_candidates`` (P) is a python int; ``lower`` and ``upper`` may be traced. The band keeps
@@ -110,8 +131,22 @@ def band_bounds(num_candidates, lower, upper):
   ``end = floor((1 - lower) * P)``, both clipped to ``[0, P]`` and computed in float32 with a
   tolerance of ``1e-3 + P * 2**-23`` (see the module docstring). ``end <= start`` means the
   band is empty.
+
+  Examples:
+    >>> from mi_contrast import negatives
+    >>> start, end = negatives.band_bounds(50000, 0.9, 0.99)
+    >>> int(start), int(end)
+    (500, 5000)
   """
-  p = int(num_candidates)
+  fn = "band_bounds"
+  _c.static_int(fn, "num_candidates", num_candidates, 0)
+  _check_band(fn, lower, upper)
+  return _band_bounds(int(num_candidates), lower, upper)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _band_bounds(p, lower, upper):
+  """``band_bounds`` without the checks (p: a Python int)."""
   tol = 1e-3 + p * 2.0 ** -23
 
   def count(q):
@@ -381,7 +416,8 @@ def _search_cuts(x, ranks):
   mean, std = _row_moments(x)
   targets = _CutTargets.pack(r, _probit(r, p), mean, std)
   step = functools.partial(_step_chunk, x, targets, _chunk_rows(n))
-  state = lax.while_loop(lambda s: jnp.any(s.undone(r)), step, _CutState.initial(n, c, p))
+  init = _c.match_varying(_CutState.initial(n, c, p), x, r)
+  state = lax.while_loop(lambda s: jnp.any(s.undone(r)), step, init)
   return _from_key(state.lo), state.c_lo, state.c_hi
 
 
@@ -423,7 +459,7 @@ def _tie_cutoffs(x, t, need, partial):
       ok = _row_sum(eq & (col[None, None, :] < mid[:, :, None])) >= need
       return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
 
-    init = (jnp.zeros_like(need), jnp.full_like(need, p))
+    init = _c.match_varying((jnp.zeros_like(need), jnp.full_like(need, p)), rows, t, need)
     return lax.fori_loop(0, p.bit_length(), body, init)[1]
 
   def next_rows(carry):
@@ -433,7 +469,8 @@ def _tie_cutoffs(x, t, need, partial):
     cutoff = cutoff.at[idx].set(jnp.where(partial[idx], found, cutoff[idx]))
     return todo.at[idx].set(False), cutoff
 
-  init = (jnp.any(partial, axis=1), jnp.full(t.shape, p, jnp.int32))
+  init = _c.match_varying((jnp.any(partial, axis=1), jnp.full(t.shape, p, jnp.int32)), x, t,
+                          need, partial)
   return lax.while_loop(lambda carry: jnp.any(carry[0]), next_rows, init)[1]
 
 
@@ -484,35 +521,64 @@ def _rows(sims):
 def _band_membership(sims, lower, upper):
   """(inner, band) bool masks shaped like ``sims``; shared by the mask functions below."""
   x, lead = _rows(sims)
-  start, end = band_bounds(x.shape[1], lower, upper)
+  start, end = _band_bounds(x.shape[1], lower, upper)
   inner, band = _select(x, start, end)
   return inner.reshape(sims.shape), band.reshape(sims.shape)
 
 
-def ring_mask(sims, lower, upper):
+def _check_sims(fn, sims, lower, upper):
+  _c.floating(fn, "sims", sims)
+  shape = _c.rank_at_least(fn, "sims", sims, 1, "[..., P]")
+  if shape[-1] == 0:
+    raise ValueError(f"{fn}: sims has no columns (an empty pool, shape {shape}); a band "
+                     f"needs at least one candidate")
+  _check_band(fn, lower, upper)
+
+
+def ring_mask(sims: ArrayLike, lower: ArrayLike, upper: ArrayLike) -> jax.Array:
   """Entries of each row inside the similarity band ``[lower, upper]``.
 
   Args:
-    sims: [..., P] similarities (or critic scores: any increasing function of them).
+    sims: [..., P] similarities (or critic scores: any increasing function of them), P >= 1.
+      An entry at ``-inf`` ranks below every other one (so it is only selected when the band
+      reaches the bottom ranks); NaN entries give an unspecified selection.
     lower, upper: quantiles in [0, 1], 1.0 = most similar; python floats or traced scalars.
 
   Returns:
     bool [..., P], True on the ranks ``[start, end)`` of ``band_bounds(P, lower, upper)``:
     exactly ``max(end - start, 0)`` entries per row, ties broken by index. An empty band
-    (``end <= start``) gives an all-False row. No gradient flows through the selection.
+    (``end <= start``, e.g. ``lower > upper``) gives an all-False row. No gradient flows
+    through the selection.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from mi_contrast import negatives
+    >>> sims = jnp.array([[0.9, 0.1, 0.5, 0.7, 0.3, 0.8, 0.2, 0.6, 0.4, 0.0]])
+    >>> negatives.ring_mask(sims, 0.5, 0.8).astype(int).tolist()   # ranks [2, 5): 0.7, 0.6, 0.5
+    [[0, 0, 1, 1, 0, 0, 0, 1, 0, 0]]
   """
+  _check_sims("ring_mask", sims, lower, upper)
   return _band_membership(sims, lower, upper)[1]
 
 
-def ball_mask(sims, lower):
+def ball_mask(sims: ArrayLike, lower: ArrayLike) -> jax.Array:
   """The nearest ``1 - lower`` fraction of each row: ranks ``[0, floor((1 - lower) * P))``.
 
   Same as ``ring_mask(sims, lower, 1.0)``. sims [..., P] -> bool [..., P].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from mi_contrast import negatives
+    >>> sims = jnp.array([[0.9, 0.1, 0.5, 0.7, 0.3, 0.8, 0.2, 0.6, 0.4, 0.0]])
+    >>> negatives.ball_mask(sims, 0.8).astype(int).tolist()        # the nearest 20%
+    [[1, 0, 0, 0, 0, 1, 0, 0, 0, 0]]
   """
+  _check_sims("ball_mask", sims, lower, 1.0)
   return _band_membership(sims, lower, 1.0)[1]
 
 
-def neighbour_masks(sims, lower, upper):
+def neighbour_masks(sims: ArrayLike, lower: ArrayLike, upper: ArrayLike
+                    ) -> tuple[jax.Array, jax.Array]:
   """Inner ball and ring of the band ``[lower, upper]``, from one selection.
 
   For the LA-like "neighbour views" variant: the inner ball, ranks ``[0, start)`` (the entries
@@ -522,17 +588,36 @@ def neighbour_masks(sims, lower, upper):
 
   Returns:
     (inner, ring): bool [..., P] each.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from mi_contrast import negatives
+    >>> sims = jnp.array([[0.9, 0.1, 0.5, 0.7, 0.3, 0.8, 0.2, 0.6, 0.4, 0.0]])
+    >>> inner, ring = negatives.neighbour_masks(sims, 0.5, 0.8)
+    >>> inner.astype(int).tolist(), int(ring.sum())
+    ([[1, 0, 0, 0, 0, 1, 0, 0, 0, 0]], 3)
   """
+  _check_sims("neighbour_masks", sims, lower, upper)
   return _band_membership(sims, lower, upper)
 
 
-def band_thresholds(sims, lower, upper):
+def band_thresholds(sims: ArrayLike, lower: ArrayLike, upper: ArrayLike
+                    ) -> tuple[jax.Array, jax.Array]:
   """Similarity values at the band's edges, e.g. for logging the annealed ring.
 
   Returns:
     (low, high): [...] each, the smallest and the largest similarity inside each row's band
     (``low = +inf`` and ``high = -inf`` for an empty band).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from mi_contrast import negatives
+    >>> sims = jnp.array([[0.9, 0.1, 0.5, 0.7, 0.3, 0.8, 0.2, 0.6, 0.4, 0.0]])
+    >>> low, high = negatives.band_thresholds(sims, 0.5, 0.8)
+    >>> round(float(low[0]), 3), round(float(high[0]), 3)
+    (0.5, 0.7)
   """
+  _check_sims("band_thresholds", sims, lower, upper)
   sims = lax.stop_gradient(jnp.asarray(sims, jnp.float32))
   band = _band_membership(sims, lower, upper)[1]
   return (jnp.min(jnp.where(band, sims, jnp.inf), axis=-1),
@@ -577,7 +662,8 @@ def _search_right(table, u):
     v = flat.at[base + pos + step - 1].get(mode="promise_in_bounds")
     return pos + jnp.where(v <= u, step, 0)
 
-  return lax.fori_loop(0, max(wp.bit_length() - 1, 0), body, jnp.zeros(u.shape, jnp.int32))
+  init = _c.match_varying(jnp.zeros(u.shape, jnp.int32), table, u)
+  return lax.fori_loop(0, max(wp.bit_length() - 1, 0), body, init)
 
 
 def _select_bit(word, o):
@@ -621,7 +707,7 @@ def _candidate_band(x, cand, lower, upper, exclude_rows, pool_rows):
   """
   b, m = x.shape
   if exclude_rows is None and pool_rows is None:
-    start, end = band_bounds(m, lower, upper)
+    start, end = _band_bounds(m, lower, upper)
     remaining = m
   else:
     source = jnp.arange(m, dtype=jnp.int32) if cand is None else cand
@@ -634,7 +720,9 @@ def _candidate_band(x, cand, lower, upper, exclude_rows, pool_rows):
     x = jnp.where(excluded, -jnp.inf, x)        # ranks last: outside every band below
     remaining = m - jnp.sum(excluded, axis=1, dtype=jnp.int32)                     # [B]
     start, end = _row_bounds(remaining, lower, upper)
-  start = jnp.minimum(start, remaining - 1)
+  # An empty band is widened to one entry. With no candidate left at all (every one excluded),
+  # that entry is the lowest-indexed excluded one: a pool row, never an index past the pool.
+  start = jnp.minimum(start, jnp.maximum(remaining, 1) - 1)
   end = jnp.maximum(end, start + 1)
   return x, start, end
 
@@ -652,9 +740,11 @@ def _band_draws(draw_key, anchor_ids, size, num):
   return (bits % jnp.reshape(size, (-1, 1)).astype(jnp.uint32)).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("num", "candidates"))
-def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candidates=None,
-                   anchor_ids=None, exclude_rows=None, pool_rows=None):
+def band_negatives(rng: ArrayLike, anchors: ArrayLike, pool: ArrayLike, lower: ArrayLike,
+                   upper: ArrayLike, num: int, *, temperature: ArrayLike,
+                   candidates: int | None = None, anchor_ids: ArrayLike | None = None,
+                   exclude_rows: ArrayLike | None = None, pool_rows: ArrayLike | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
   """Draws ``num`` negatives per anchor uniformly, with replacement, from its similarity band.
 
   The IR Ring recipe of the reference code (``NCERing``: K - 1 ring members sampled uniformly
@@ -665,24 +755,28 @@ def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candid
       and a draw key; anchor ``i`` draws with ``fold_in(draw_key, anchor_ids[i])``, so an
       anchor gets the same negatives however the batch is split across devices.
     anchors: [B, D] unit rows (gradients flow to them through the returned scores).
-    pool: [P, D] unit rows (memory bank or queue; no gradient: it is stop_gradient-ed).
+    pool: [P, D] unit rows, P >= 1 (memory bank or queue; no gradient: it is
+      stop_gradient-ed).
     lower, upper: band quantiles in [0, 1] (1.0 = most similar); may be traced.
-    num: python int, negatives per anchor.
-    temperature: critic temperature; scores are ``anchors . pool[idx] / temperature``.
-    candidates: None for the exact band over the whole pool (a B x P score matrix). An int M
-      for the sampled form: M pool rows drawn uniformly WITH replacement once per call, shared
-      by the whole batch; the band is taken over those M scores (a B x M matrix), so the cost
-      does not grow with P.
+    num: python int >= 1, negatives per anchor.
+    temperature: critic temperature > 0; scores are ``anchors . pool[idx] / temperature``.
+    candidates: None for the exact band over the whole pool (a B x P score matrix). A python
+      int M >= 1 for the sampled form: M rows drawn uniformly WITH replacement from the pool's
+      first ``pool_rows`` rows (all P by default) once per call, shared by the whole batch;
+      the band is taken over those M scores (a B x M matrix), so the cost does not grow
+      with P.
     anchor_ids: optional int [B] global ids of the anchors (default ``arange(B)``).
     exclude_rows: optional int [B], the pool row of each anchor's own positive (its memory
-      bank row), or -1 for none. An excluded row is never returned, in the exact and in the
-      sampled form (there every candidate that is a copy of it is dropped), and the band's
-      quantiles are taken over the remaining rows: ``band_bounds`` of P - 1 (exact), or of M
-      minus the copies (sampled). The paper's neighbourhoods are built around the anchor's own
-      row, which is never one of its negatives; without this, a ball's nearest row is the
-      positive itself once training is under way.
-    pool_rows: optional int (may be traced): only the first pool_rows rows of the pool are
-      candidates, the rest is padding that is never returned (a sharded bank's last shard).
+      bank row), or -1 for none. An excluded row is never returned while another candidate
+      remains, in the exact and in the sampled form (there every candidate that is a copy of
+      it is dropped), and the band's quantiles are taken over the remaining rows:
+      ``band_bounds`` of P - 1 (exact), or of M minus the copies (sampled). The paper's
+      neighbourhoods are built around the anchor's own row, which is never one of its
+      negatives; without this, a ball's nearest row is the positive itself once training is
+      under way. A row outside ``[0, P)`` excludes nothing.
+    pool_rows: optional int in [1, P] (may be traced): only the first pool_rows rows of the
+      pool are candidates, the rest is padding that is never returned (a sharded bank's last
+      shard, a queue still filling up).
 
   Returns:
     (scores [B, num] float32, indices [B, num] int32 into ``pool``). The scores are gathered
@@ -690,18 +784,79 @@ def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candid
     selection itself carries no gradient.
 
   An empty band (possible for tiny pools or ``upper < lower``) is widened to one entry: the
-  entry at rank ``min(start, P' - 1)`` of the P' remaining candidates. Nothing is ever NaN.
+  entry at rank ``min(start, P' - 1)`` of the P' remaining candidates. Nothing is ever NaN for
+  finite inputs, and every index is a row of the pool below ``pool_rows``. What cannot be
+  checked when the function is traced: a traced ``pool_rows`` outside ``[1, P]`` (it is
+  clipped to that range) and NaN in the pool or anchors (an unspecified, but valid, choice of
+  rows). With no candidate left at all (``pool_rows = 1`` and that row excluded) the excluded
+  row is returned.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from mi_contrast import negatives
+    >>> unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    >>> bank = unit(jax.random.normal(jax.random.key(0), (1000, 16)))
+    >>> anchors = unit(jax.random.normal(jax.random.key(1), (4, 16)))
+    >>> scores, rows = negatives.band_negatives(
+    ...     jax.random.key(2), anchors, bank, 0.9, 0.99, 64, temperature=0.1)
+    >>> scores.shape, rows.shape
+    ((4, 64), (4, 64))
+    >>> ring = negatives.ring_mask(anchors @ bank.T, 0.9, 0.99)   # ranks [10, 100) of 1000
+    >>> bool(jnp.all(jnp.take_along_axis(ring, rows, axis=1)))
+    True
+    >>> _, own = negatives.band_negatives(                    # bank rows 0..3 as anchors
+    ...     jax.random.key(2), bank[:4], bank, 0.9, 1.0, 64, temperature=0.1,
+    ...     exclude_rows=jnp.arange(4))
+    >>> bool(jnp.all(own != jnp.arange(4)[:, None]))          # never the anchor's own row
+    True
   """
+  fn = "band_negatives"
+  _c.prng_key(fn, "rng", rng)
+  _c.floating(fn, "anchors", anchors)
+  _c.floating(fn, "pool", pool)
+  b, d = _c.rank_exactly(fn, "anchors", anchors, 2, "[B, D]")
+  p, d_pool = _c.rank_exactly(fn, "pool", pool, 2, "[P, D]")
+  if p == 0:
+    raise ValueError(f"{fn}: pool has no rows (shape {(p, d_pool)}); it needs at least one")
+  if d_pool != d:
+    raise ValueError(f"{fn}: anchors and pool must have the same width D, got anchors "
+                     f"{(b, d)} and pool {(p, d_pool)}")
+  _check_band(fn, lower, upper)
+  num = _c.static_int(fn, "num", num, 1)
+  if candidates is not None:
+    candidates = _c.static_int(fn, "candidates", candidates, 1)
+  _c.number_in(fn, "temperature", temperature, 0.0, None, low_open=True)
+  for name, ids in (("anchor_ids", anchor_ids), ("exclude_rows", exclude_rows)):
+    if ids is not None:
+      _c.integer(fn, name, ids)
+      _c.rank_exactly(fn, name, ids, 1, f"[B] = [{b}]")
+      if jnp.shape(ids)[0] != b:
+        raise ValueError(f"{fn}: {name} must have shape [B] = [{b}] (one per anchor), got "
+                         f"{tuple(jnp.shape(ids))}")
+  if pool_rows is not None:
+    _c.number_in(fn, "pool_rows", pool_rows, 1, p)
+  return _band_negatives(rng, anchors, pool, lower, upper, num, temperature=temperature,
+                         candidates=candidates, anchor_ids=anchor_ids,
+                         exclude_rows=exclude_rows, pool_rows=pool_rows)
+
+
+@functools.partial(jax.jit, static_argnames=("num", "candidates"))
+def _band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candidates,
+                    anchor_ids, exclude_rows, pool_rows):
+  """``band_negatives`` without the checks."""
   anchors = jnp.asarray(anchors)
   pool = lax.stop_gradient(jnp.asarray(pool))
   b = anchors.shape[0]
   p = pool.shape[0]
+  if pool_rows is not None:
+    pool_rows = jnp.clip(jnp.asarray(pool_rows, jnp.int32), 1, p)
   cand_key, draw_key = jax.random.split(rng)
   if candidates is None:
     cand = None
     rows = pool
   else:
-    cand = jax.random.randint(cand_key, (int(candidates),), 0, p, dtype=jnp.int32)
+    high = p if pool_rows is None else pool_rows
+    cand = jax.random.randint(cand_key, (int(candidates),), 0, high, dtype=jnp.int32)
     rows = pool[cand]
   logits = jnp.dot(anchors, rows.T.astype(anchors.dtype)) / temperature       # [B, M]
 
@@ -712,27 +867,63 @@ def band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candid
   u = _band_draws(draw_key, anchor_ids, end - start, num)
 
   words = _select(x, start, end, lambda inner, band: _pack_words(band))
-  local = _draw_from_words(words, u)
+  # The u-th member of the band; the clip only matters for non-finite scores, whose band may
+  # hold fewer members than counted.
+  local = jnp.clip(_draw_from_words(words, u), 0, x.shape[1] - 1)
 
   scores = jnp.take_along_axis(logits, local, axis=1).astype(jnp.float32)
   indices = local if cand is None else cand[local]
+  if pool_rows is not None and cand is None:
+    indices = jnp.minimum(indices, pool_rows - 1)
   return scores, indices
 
 
-def uniform_rows(rng, anchor_ids, exclude_rows, num_rows, num):
+def uniform_rows(rng: ArrayLike, anchor_ids: ArrayLike, exclude_rows: ArrayLike | None,
+                 num_rows: ArrayLike, num: int) -> jax.Array:
   """``num`` pool rows per anchor, uniformly with replacement from the ``num_rows`` rows other
-  than its own: int [B, num].
+  than its own: int32 [B, num].
 
   The uniform counterpart of ``band_negatives`` (IR's and CMC's uniform bank draws). Anchor i
-  draws with ``fold_in(rng, anchor_ids[i])`` (independent of how the batch is split);
-  exclude_rows: int [B], the anchor's own row (never drawn), or -1 to draw from all rows.
+  draws with ``fold_in(rng, anchor_ids[i])`` (independent of how the batch is split).
+
+  Args:
+    rng: PRNG key.
+    anchor_ids: int [B], the global id of each anchor.
+    exclude_rows: int [B], the anchor's own row (never drawn), or -1 to draw from all rows;
+      None: no exclusion.
+    num_rows: the number of rows N >= 1 (python int or traced scalar).
+    num: python int >= 1, rows per anchor.
+
+  Every returned row is in ``[0, N)``. With N = 1 and that row excluded, nothing else can be
+  drawn: the row itself is returned.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> from mi_contrast import negatives
+    >>> rows = negatives.uniform_rows(jax.random.key(0), jnp.arange(3), jnp.arange(3), 10, 100)
+    >>> rows.shape, bool(jnp.all(rows != jnp.arange(3)[:, None])), bool(jnp.all(rows < 10))
+    ((3, 100), True, True)
   """
+  fn = "uniform_rows"
+  _c.prng_key(fn, "rng", rng)
+  _c.integer(fn, "anchor_ids", anchor_ids)
+  (b,) = _c.rank_exactly(fn, "anchor_ids", anchor_ids, 1, "[B]")
+  if exclude_rows is not None:
+    _c.integer(fn, "exclude_rows", exclude_rows)
+    if tuple(_c.rank_exactly(fn, "exclude_rows", exclude_rows, 1, "[B]")) != (b,):
+      raise ValueError(f"{fn}: exclude_rows must have shape [B] = [{b}] like anchor_ids, got "
+                       f"{tuple(jnp.shape(exclude_rows))}")
+  _c.number_in(fn, "num_rows", num_rows, 1, None)
+  num = _c.static_int(fn, "num", num, 1)
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.asarray(anchor_ids))
+  if exclude_rows is None:
+    return jax.vmap(lambda key: jax.random.randint(key, (num,), 0, num_rows))(keys)
   own = jnp.asarray(exclude_rows, jnp.int32)
   high = jnp.where(own >= 0, num_rows - 1, num_rows)
   drawn = jax.vmap(lambda key, h: jax.random.randint(key, (num,), 0, h))(keys, high)
   own = own[:, None]
-  return jnp.where((own >= 0) & (drawn >= own), drawn + 1, drawn)
+  drawn = jnp.where((own >= 0) & (drawn >= own), drawn + 1, drawn)
+  return jnp.minimum(drawn, jnp.asarray(num_rows) - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -740,7 +931,8 @@ def uniform_rows(rng, anchor_ids, exclude_rows, num_rows, num):
 # ---------------------------------------------------------------------------------------------
 
 
-def false_negative_counts(labels, anchor_rows, negative_rows, keep=None):
+def false_negative_counts(labels: ArrayLike, anchor_rows: ArrayLike, negative_rows: ArrayLike,
+                          keep: ArrayLike | None = None) -> tuple[jax.Array, jax.Array]:
   """How many drawn negatives share their anchor's class: (same, total), int32 scalars.
 
   A diagnostic only: labels never enter an objective. The share same / total is the fraction
@@ -757,7 +949,29 @@ def false_negative_counts(labels, anchor_rows, negative_rows, keep=None):
   Returns:
     same: negatives whose label equals their anchor's; total: negatives counted, i.e. those
     with a row and a label >= 0, of anchors with a label >= 0.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from mi_contrast import negatives
+    >>> labels = jnp.array([0, 0, 1, 1])
+    >>> same, total = negatives.false_negative_counts(labels, jnp.array([0, 2]),
+    ...                                               jnp.array([[1, 2], [3, -1]]))
+    >>> int(same), int(total)                     # row 1 shares anchor 0's class, row 3 anchor 2's
+    (2, 3)
   """
+  fn = "false_negative_counts"
+  for name, x in (("labels", labels), ("anchor_rows", anchor_rows),
+                  ("negative_rows", negative_rows)):
+    _c.integer(fn, name, x)
+  _c.rank_exactly(fn, "labels", labels, 1, "[N]")
+  (n,) = _c.rank_exactly(fn, "anchor_rows", anchor_rows, 1, "[n]")
+  shape = _c.rank_at_least(fn, "negative_rows", negative_rows, 1, "[n, K] or [K]")
+  if len(shape) > 2 or (len(shape) == 2 and shape[0] != n):
+    raise ValueError(f"{fn}: negative_rows must have shape [n, K] = [{n}, K] or [K], got "
+                     f"{shape}")
+  if keep is not None:
+    _c.boolean(fn, "keep", keep)
+    _c.broadcastable(fn, "keep", keep, (n, shape[-1]), "[n, K]")
   labels = jnp.asarray(labels, jnp.int32)
   rows = jnp.asarray(negative_rows, jnp.int32)
   anchor = labels[jnp.asarray(anchor_rows, jnp.int32)][:, None]                   # [n, 1]

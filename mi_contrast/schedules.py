@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 __all__ = [
     "KINDS",
@@ -57,7 +58,7 @@ def _fraction(step_, anneal_steps):
   return jnp.clip(t, 0.0, 1.0)
 
 
-def constant(value) -> Schedule:
+def constant(value: float) -> Schedule:
   """``schedule(step) = value`` for every step."""
   value = float(value)
 
@@ -68,7 +69,7 @@ def constant(value) -> Schedule:
   return schedule
 
 
-def linear(init, final, anneal_steps) -> Schedule:
+def linear(init: float, final: float, anneal_steps: int) -> Schedule:
   """Linear ramp: ``init + (final - init) * min(step / anneal_steps, 1)``."""
   init, final = float(init), float(final)
   _check_anneal_steps(anneal_steps, "linear", "schedule")
@@ -79,7 +80,7 @@ def linear(init, final, anneal_steps) -> Schedule:
   return schedule
 
 
-def step(init, final, anneal_steps, levels=10) -> Schedule:
+def step(init: float, final: float, anneal_steps: int, levels: int = 10) -> Schedule:
   """Staircase of ``levels`` equally spaced values from ``init`` to ``final``.
 
   Level l (l = 0 .. levels - 1) has value ``init + (final - init) * l / (levels - 1)`` and is
@@ -100,7 +101,7 @@ def step(init, final, anneal_steps, levels=10) -> Schedule:
   return schedule
 
 
-def exponential(init, final, rate, steps_per_epoch) -> Schedule:
+def exponential(init: float, final: float, rate: float, steps_per_epoch: int) -> Schedule:
   """Exponential approach, once per epoch: ``final + (init - final) * exp(-rate * epoch)``.
 
   ``epoch = step // steps_per_epoch``: the value is constant within an epoch (the reference
@@ -118,7 +119,7 @@ def exponential(init, final, rate, steps_per_epoch) -> Schedule:
   return schedule
 
 
-def cosine(init, final, anneal_steps) -> Schedule:
+def cosine(init: float, final: float, anneal_steps: int) -> Schedule:
   """Half-cosine: ``final + (init - final) * (1 + cos(pi * min(step / anneal_steps, 1))) / 2``."""
   init, final = float(init), float(final)
   _check_anneal_steps(anneal_steps, "cosine", "schedule")
@@ -130,8 +131,9 @@ def cosine(init, final, anneal_steps) -> Schedule:
   return schedule
 
 
-def build(kind, *, init, final=None, anneal_steps=None, steps_per_epoch=None, levels=10,
-          rate=None, name="schedule") -> Schedule:
+def build(kind: str, *, init: float, final: float | None = None,
+          anneal_steps: int | None = None, steps_per_epoch: int | None = None, levels: int = 10,
+          rate: float | None = None, name: str = "schedule") -> Schedule:
   """Builds ``schedule(step)`` from config values, validating them before anything compiles.
 
   Args:
@@ -190,7 +192,7 @@ class AdaptiveState(NamedTuple):
   count: jax.Array
 
 
-def adaptive_init(init, window) -> AdaptiveState:
+def adaptive_init(init: float, window: int) -> AdaptiveState:
   """Initial adaptive state: value ``init``, empty history of length ``window`` (int >= 1)."""
   if not isinstance(window, int) or isinstance(window, bool) or window < 1:
     raise ValueError(f"adaptive window must be an int >= 1, got {window!r}")
@@ -201,7 +203,8 @@ def adaptive_init(init, window) -> AdaptiveState:
       count=jnp.zeros((), jnp.int32))
 
 
-def adaptive_update(state, metric, *, delta, lower, upper) -> AdaptiveState:
+def adaptive_update(state: AdaptiveState, metric: ArrayLike, *, delta: ArrayLike,
+                    lower: ArrayLike, upper: ArrayLike) -> AdaptiveState:
   """One update of the adaptive schedule from a newly recorded metric (jittable).
 
   The metric, the training loss, is compared with the mean of the values already in the

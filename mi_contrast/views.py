@@ -36,8 +36,41 @@ from typing import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 Array = jax.Array
+
+__all__ = [
+    "RECIPES",
+    "LAB_MEAN",
+    "LAB_STD",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_saturation",
+    "to_grayscale",
+    "adjust_hue",
+    "gaussian_blur",
+    "solarize",
+    "horizontal_flip",
+    "normalize",
+    "rgb_to_lab",
+    "lab_split",
+    "resized_crop",
+    "resize",
+    "sample_crop_box",
+    "random_resized_crop",
+    "random_horizontal_flip",
+    "color_jitter",
+    "random_intensity",
+    "random_grayscale",
+    "random_gaussian_blur",
+    "random_solarize",
+    "random_gaussian_noise",
+    "colormap",
+    "normalize_recipe",
+    "apply_recipe",
+    "make_views",
+]
 
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale and PIL's convert('L').
 _LUMA = (0.299, 0.587, 0.114)
@@ -90,13 +123,13 @@ def _blend(image: Array, other: Array, factor) -> Array:
 # ---------------------------------------------------------------------------------------
 
 
-def adjust_brightness(image: Array, factor) -> Array:
+def adjust_brightness(image: ArrayLike, factor: ArrayLike) -> Array:
   """image * factor, clipped to [0, 1] (torchvision adjust_brightness). Any channel count."""
   _check_image(image, 'adjust_brightness')
   return jnp.clip(image * factor, 0.0, 1.0)
 
 
-def adjust_contrast(image: Array, factor) -> Array:
+def adjust_contrast(image: ArrayLike, factor: ArrayLike) -> Array:
   """Blend with the mean of the grayscale image (torchvision adjust_contrast).
 
   For a 1-channel image the grayscale image is the image itself.
@@ -105,13 +138,13 @@ def adjust_contrast(image: Array, factor) -> Array:
   return _blend(image, _mean_luma(image), factor)
 
 
-def adjust_saturation(image: Array, factor) -> Array:
+def adjust_saturation(image: ArrayLike, factor: ArrayLike) -> Array:
   """Blend with the grayscale image (torchvision adjust_saturation). RGB only."""
   _check_rgb(image, 'adjust_saturation')
   return _blend(image, _gray(image), factor)
 
 
-def to_grayscale(image: Array) -> Array:
+def to_grayscale(image: ArrayLike) -> Array:
   """0.299 R + 0.587 G + 0.114 B, returned as 3 identical channels. RGB only."""
   _check_rgb(image, 'to_grayscale')
   return jnp.broadcast_to(_gray(image), image.shape)
@@ -155,7 +188,7 @@ def _hsv_to_rgb(h: Array, s: Array, v: Array) -> Array:
   return jnp.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-1)
 
 
-def adjust_hue(image: Array, delta) -> Array:
+def adjust_hue(image: ArrayLike, delta: ArrayLike) -> Array:
   """Rotate the hue by `delta` of a full turn, delta in [-0.5, 0.5] (torchvision adjust_hue).
 
   RGB only. Goes through HSV as torchvision's tensor path does (its _rgb2hsv; the closed form
@@ -172,7 +205,7 @@ def _gaussian_kernel_radius(sigma: float, truncate: float) -> int:
   return int(truncate * float(sigma) + 0.5)
 
 
-def gaussian_blur(image: Array, sigma, *, max_sigma: float | None = None,
+def gaussian_blur(image: ArrayLike, sigma: ArrayLike, *, max_sigma: float | None = None,
                   truncate: float = 4.0) -> Array:
   """Separable Gaussian blur with standard deviation `sigma` pixels, reflect padding.
 
@@ -219,19 +252,19 @@ def _reflect_indices(n: int, radius: int) -> np.ndarray:
   return np.where(idx >= n, period - idx, idx)
 
 
-def solarize(image: Array, threshold) -> Array:
+def solarize(image: ArrayLike, threshold: ArrayLike) -> Array:
   """Invert pixels >= threshold: where(x >= t, 1 - x, x) (torchvision solarize)."""
   _check_image(image, 'solarize')
   return jnp.where(image >= threshold, 1.0 - image, image)
 
 
-def horizontal_flip(image: Array) -> Array:
+def horizontal_flip(image: ArrayLike) -> Array:
   """Mirror left-right."""
   _check_image(image, 'horizontal_flip')
   return image[:, ::-1, :]
 
 
-def normalize(image: Array, mean, std) -> Array:
+def normalize(image: ArrayLike, mean: ArrayLike, std: ArrayLike) -> Array:
   """(image - mean) / std per channel; the model input's step, not part of recipes."""
   return (image - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
@@ -243,7 +276,7 @@ _XYZ_FROM_RGB = np.array([[0.412453, 0.357580, 0.180423],
 _D65_WHITE = np.array([0.95047, 1.0, 1.08883], np.float32)
 
 
-def rgb_to_lab(image: Array) -> Array:
+def rgb_to_lab(image: ArrayLike) -> Array:
   """CIE L*a*b* under illuminant D65 (2 degree observer), as skimage.color.rgb2lab.
 
   sRGB gamma is linearised (c / 12.92 below 0.04045, ((c + 0.055) / 1.055)^2.4 above), mapped
@@ -272,7 +305,7 @@ LAB_MEAN = ((0.0 + 100.0) / 2, (-86.183 + 98.233) / 2, (-107.857 + 94.478) / 2)
 LAB_STD = ((100.0 - 0.0) / 2, (86.183 + 98.233) / 2, (107.857 + 94.478) / 2)
 
 
-def lab_split(image: Array) -> tuple[Array, Array]:
+def lab_split(image: ArrayLike) -> tuple[Array, Array]:
   """CMC's two views of an RGB image: (L [..., H, W, 1], ab [..., H, W, 2]).
 
   Lab (rgb_to_lab) normalised with CMC's constants LAB_MEAN / LAB_STD, so every channel lies
@@ -315,7 +348,8 @@ def _interpolation_matrix(start, length, in_size: int, out_size: int) -> Array:
   return w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1e-12)
 
 
-def resized_crop(image: Array, top, left, height, width, size=None) -> Array:
+def resized_crop(image: ArrayLike, top: ArrayLike, left: ArrayLike, height: ArrayLike,
+                 width: ArrayLike, size: int | tuple[int, int] | None = None) -> Array:
   """Crop rows [top, top + height) and columns [left, left + width), resize bilinearly.
 
   The box may be traced; the output size (`size`: int, (h, w) or None for the input's size)
@@ -329,7 +363,7 @@ def resized_crop(image: Array, top, left, height, width, size=None) -> Array:
                     precision=jax.lax.Precision.HIGHEST)
 
 
-def resize(image: Array, size) -> Array:
+def resize(image: ArrayLike, size: int | tuple[int, int]) -> Array:
   """Bilinear resize to `size` (int for a square, or (h, w)), antialiased when shrinking."""
   _check_image(image, 'resize')
   return resized_crop(image, 0, 0, image.shape[0], image.shape[1], size)
@@ -363,8 +397,9 @@ def _range(value, center: float, name: str, bound: tuple[float, float] | None = 
   return lo, hi
 
 
-def sample_crop_box(rng, height: int, width: int, scale=(0.08, 1.0),
-                    ratio=(3.0 / 4.0, 4.0 / 3.0)) -> Array:
+def sample_crop_box(rng: ArrayLike, height: int, width: int,
+                    scale: tuple[float, float] = (0.08, 1.0),
+                    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)) -> Array:
   """torchvision RandomResizedCrop.get_params, vectorised: int32 [top, left, h, w].
 
   Ten candidate boxes are drawn at once (area fraction ~ U(scale), log aspect ratio w / h ~
@@ -400,8 +435,10 @@ def sample_crop_box(rng, height: int, width: int, scale=(0.08, 1.0),
   return jnp.stack([top, left, box_h, box_w]).astype(jnp.int32)
 
 
-def random_resized_crop(rng, image: Array, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0),
-                        size=None) -> Array:
+def random_resized_crop(rng: ArrayLike, image: ArrayLike,
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+                        size: int | tuple[int, int] | None = None) -> Array:
   """torchvision RandomResizedCrop: a random box (sample_crop_box), resized to `size`.
 
   `size` (int or (h, w)) defaults to the input's size.
@@ -417,14 +454,14 @@ def random_resized_crop(rng, image: Array, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 
   return resized_crop(image, box[0], box[1], box[2], box[3], size)
 
 
-def random_horizontal_flip(rng, image: Array, p: float = 0.5) -> Array:
+def random_horizontal_flip(rng: ArrayLike, image: ArrayLike, p: float = 0.5) -> Array:
   """Mirror left-right with probability p (torchvision RandomHorizontalFlip)."""
   _check_image(image, 'random_horizontal_flip')
   return jnp.where(_bernoulli(rng, p), image[:, ::-1, :], image)
 
 
-def color_jitter(rng, image: Array, brightness=0.0, contrast=0.0, saturation=0.0,
-                 hue=0.0) -> Array:
+def color_jitter(rng: ArrayLike, image: ArrayLike, brightness: float = 0.0,
+                 contrast: float = 0.0, saturation: float = 0.0, hue: float = 0.0) -> Array:
   """torchvision ColorJitter: random factors, the four adjustments in a random order.
 
   brightness, contrast, saturation: v (factor ~ U[max(0, 1 - v), 1 + v]) or a (lo, hi) range;
@@ -472,18 +509,20 @@ def color_jitter(rng, image: Array, brightness=0.0, contrast=0.0, saturation=0.0
   return image
 
 
-def random_intensity(rng, image: Array, brightness=0.4, contrast=0.4) -> Array:
+def random_intensity(rng: ArrayLike, image: ArrayLike, brightness: float = 0.4,
+                     contrast: float = 0.4) -> Array:
   """Brightness and contrast jitter in a random order; any channel count (digits)."""
   return color_jitter(rng, image, brightness=brightness, contrast=contrast)
 
 
-def random_grayscale(rng, image: Array, p: float = 0.1) -> Array:
+def random_grayscale(rng: ArrayLike, image: ArrayLike, p: float = 0.1) -> Array:
   """to_grayscale with probability p (torchvision RandomGrayscale). RGB only."""
   _check_rgb(image, 'random_grayscale')
   return jnp.where(_bernoulli(rng, p), to_grayscale(image), image)
 
 
-def random_gaussian_blur(rng, image: Array, sigma=(0.1, 2.0), p: float = 1.0) -> Array:
+def random_gaussian_blur(rng: ArrayLike, image: ArrayLike,
+                         sigma: tuple[float, float] = (0.1, 2.0), p: float = 1.0) -> Array:
   """gaussian_blur with sigma ~ U(sigma) with probability p (MoCo v2's GaussianBlur)."""
   lo, hi = (float(s) for s in sigma)
   if not 0.0 < lo <= hi:
@@ -493,19 +532,20 @@ def random_gaussian_blur(rng, image: Array, sigma=(0.1, 2.0), p: float = 1.0) ->
   return jnp.where(u[0] < p, gaussian_blur(image, s, max_sigma=hi), image)
 
 
-def random_solarize(rng, image: Array, threshold: float = 0.5, p: float = 0.5) -> Array:
+def random_solarize(rng: ArrayLike, image: ArrayLike, threshold: float = 0.5,
+                    p: float = 0.5) -> Array:
   """solarize with probability p (torchvision RandomSolarize)."""
   return jnp.where(_bernoulli(rng, p), solarize(image, threshold), image)
 
 
-def random_gaussian_noise(rng, image: Array, std: float = 0.05) -> Array:
+def random_gaussian_noise(rng: ArrayLike, image: ArrayLike, std: float = 0.05) -> Array:
   """image + N(0, std^2) per pixel, clipped to [0, 1]."""
   _check_image(image, 'random_gaussian_noise')
   noise = std * jax.random.normal(rng, image.shape, jnp.float32)
   return jnp.clip(image + noise, 0.0, 1.0)
 
 
-def colormap(image: Array) -> Array:
+def colormap(image: ArrayLike) -> Array:
   """A grey image [H, W, 1 or 3] in false colour: RGB = (g, g^2, 1 - g), g the grey level.
 
   Gives grey data (digits) both a lightness and a colour (ab) channel that follow the shapes,
@@ -637,7 +677,7 @@ def _plain(value):
   return value
 
 
-def normalize_recipe(recipe) -> tuple[tuple[str, dict, float], ...]:
+def normalize_recipe(recipe: str | Sequence) -> tuple[tuple[str, dict, float], ...]:
   """Validate a recipe and return it as a tuple of (op_name, params dict, probability).
 
   Accepts a name in RECIPES, or a sequence of entries (op_name, params, probability) where
@@ -683,7 +723,7 @@ def normalize_recipe(recipe) -> tuple[tuple[str, dict, float], ...]:
   return tuple(entries)
 
 
-def apply_recipe(rng, image: Array, recipe) -> Array:
+def apply_recipe(rng: ArrayLike, image: ArrayLike, recipe: str | Sequence) -> Array:
   """One view of one image [H, W, C]: the recipe's entries in order.
 
   Entry i draws from the i-th of split(rng, n + 1); it is applied when its Bernoulli
@@ -709,7 +749,8 @@ def apply_recipe(rng, image: Array, recipe) -> Array:
   return image
 
 
-def make_views(rng, images: Array, recipes: Sequence, *, image_ids=None) -> Array:
+def make_views(rng: ArrayLike, images: ArrayLike, recipes: Sequence, *,
+               image_ids: ArrayLike | None = None) -> Array:
   """V augmented views of a batch: [V, B, H', W', C].
 
   images: [B, H, W, C] float32 in [0, 1]. recipes: a sequence of V recipes, one per view

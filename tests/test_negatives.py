@@ -281,7 +281,7 @@ def test_band_negatives_traced_band_no_recompilation(bank):
                                    jnp.float32(upper), NUM, temperature=T)[1]
     band = np_ring_mask(anchors @ pool.T, np.float32(lower), np.float32(upper))
     assert np.all(np.take_along_axis(band, np.asarray(idx), axis=1)), (lower, upper)
-    sizes.append(negatives.band_negatives._cache_size())
+    sizes.append(negatives._band_negatives._cache_size())
   assert sizes[0] == sizes[-1]
 
 
