@@ -1,6 +1,8 @@
 """The train step: one jitted program over the mesh, written per device as under pmap.
 
-  indices  <- permutation(seed, epoch)[step's slice], this device's share of the global batch
+  indices  <- order[step's slice], this device's share of the global batch, where order is the
+              epoch's permutation(seed, epoch) of the bank rows (`EpochOrder`: computed once an
+              epoch, not in the step)
   views    <- make_views(key(seed, step), images[indices], image_ids=indices)
   z        <- normalise(encoder(views)), BatchNorm statistics over the global batch
   objective<- method (bank scores, ring/ball/uniform negatives, bound), loss = -mean(value)
@@ -16,6 +18,7 @@ math.
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mi_contrast import input_pipeline
@@ -32,8 +35,11 @@ def make_train_step(run, *, state_spec=None):
   """The jitted step of `run` (state_spec: `run.state_specs(config, state)` when the bank is
   sharded; default: the whole state replicated).
 
-  In-memory data: (state, train_images) -> (state, metrics); the step draws its own indices
-  from (seed, epoch) and gathers the images on the device.
+  In-memory data: (state, train_images[, order]) -> (state, metrics); order is the epoch's
+  permutation of the bank rows on the devices (`EpochOrder`, which the training loop computes
+  once an epoch), and the step takes its slice of it and gathers the images on the device.
+  Without `order`, the call computes it from the state's step (the same rows, at the cost of a
+  permutation per call: for one-off calls).
   Streaming data: (state, images, indices) -> (state, metrics), with images [B, S, S, C] and
   dataset indices [B] split over the devices.
   With `run.labels` (not None), the jitted program takes them as one more input, which the
@@ -43,8 +49,8 @@ def make_train_step(run, *, state_spec=None):
   """
   plan = run.plan
 
-  def in_memory(state, train_images, labels=None):
-    indices = _device_indices(state, plan)
+  def in_memory(state, train_images, order, labels=None):
+    indices = _device_indices(state, order, plan)
     return per_device(state, train_images[indices], indices, labels)
 
   def per_device(state, images, indices, labels=None):
@@ -76,23 +82,59 @@ def make_train_step(run, *, state_spec=None):
   if run.streaming:
     fn, in_specs = per_device, (state_spec, P(AXIS), P(AXIS))
   else:
-    fn, in_specs = in_memory, (state_spec, P())
+    fn, in_specs = in_memory, (state_spec, P(), P())   # the images and the order, replicated
   if run.labels is not None:
     in_specs += (P(),)           # the labels, replicated
   sharded = jax.shard_map(fn, mesh=run.mesh, in_specs=in_specs, out_specs=(state_spec, P()),
                           check_vma=False)
   step = jax.jit(sharded, donate_argnums=(0,))
-  if run.labels is None:
-    return step
-  return _with_labels(step, run.labels)
+  extra = () if run.labels is None else (run.labels,)
+  if run.streaming:
+    return (lambda state, *inputs: step(state, *inputs, *extra)) if extra else step
+  order_of = epoch_order_fn(run)
+
+  def in_memory_step(state, train_images, order=None):
+    # The labels are already on the devices, so a call moves nothing from the host.
+    if order is None:
+      order = order_of(state.rng, state.step)
+    return step(state, train_images, order, *extra)
+
+  return in_memory_step
 
 
-def _with_labels(step, labels):
-  """step(state, *inputs, labels) as (state, *inputs) -> (state, metrics): the labels are
-  already on the devices, so a call moves nothing from the host."""
-  def with_labels(state, *inputs):
-    return step(state, *inputs, labels)
-  return with_labels
+def epoch_order_fn(run):
+  """(rng, step) -> the order of step's epoch: the permutation of the bank rows (int32
+  [bank_rows], replicated on the mesh) of stream DATA_ORDER folded with step // steps_per_epoch,
+  jitted; rng is the state's root key, step an int32 scalar on the devices (the state's step),
+  so a call moves nothing from the host."""
+  plan = run.plan
+
+  def order(rng, step):
+    data_key = stream(rng, RootStream.DATA_ORDER)
+    return jax.random.permutation(jax.random.fold_in(data_key, step // plan.steps_per_epoch),
+                                  plan.bank_rows)
+
+  return jax.jit(order, out_shardings=NamedSharding(run.mesh, P()))
+
+
+class EpochOrder:
+  """The in-memory step's `order` input, computed once an epoch: `orders(state, step)` with
+  `step` the state's step as a host int (the training loop counts it) returns the order of the
+  step's epoch, computing it on the devices (epoch_order_fn) when the epoch changes and
+  returning the kept array otherwise. A run resumed mid-epoch computes its epoch's order
+  afresh: the same rows in the same order."""
+
+  def __init__(self, run):
+    self._order_of = epoch_order_fn(run)
+    self._steps_per_epoch = run.plan.steps_per_epoch
+    self._epoch = None
+    self._order = None
+
+  def __call__(self, state, step):
+    epoch = int(step) // self._steps_per_epoch
+    if epoch != self._epoch:
+      self._order, self._epoch = self._order_of(state.rng, state.step), epoch
+    return self._order
 
 
 def false_negative_share(labels, drawn):
@@ -110,12 +152,10 @@ def false_negative_share(labels, drawn):
   return same.astype(jnp.float32) / total.astype(jnp.float32)
 
 
-def _device_indices(state, plan):
+def _device_indices(state, order, plan):
   """[b] dataset rows of this device's share of the step's global batch: the step's slice of
-  the epoch's permutation (stream DATA_ORDER, folded with the epoch)."""
+  `order`, the epoch's permutation of the bank rows (epoch_order_fn)."""
   step, spe, batch = state.step, plan.steps_per_epoch, plan.global_batch
-  data_key = stream(state.rng, RootStream.DATA_ORDER)
-  order = jax.random.permutation(jax.random.fold_in(data_key, step // spe), plan.bank_rows)
   global_idx = jax.lax.dynamic_slice(order, ((step % spe) * batch,), (batch,))
   return global_idx.reshape(plan.num_devices, plan.per_device_batch)[jax.lax.axis_index(AXIS)]
 

@@ -2,7 +2,8 @@
 
   run     <- run.build_run(config)                    (mesh, data, encoder, method, optimiser)
   state   <- checkpoints.restore_latest, or run.create_train_state
-  loop    <- step.make_train_step(run): metrics fetched every log_every_steps, the kNN monitor
+  loop    <- step.make_train_step(run), fed the epoch's data order (step.EpochOrder, once an
+             epoch) for in-memory data: metrics fetched every log_every_steps, the kNN monitor
              every eval_every_steps, checkpoints every checkpoint_every_steps and on SIGTERM
   results <- results.probe_networks (trained, untrained, raw pixels) -> results.json, report.md
 The pieces live in their own modules (run, step, checkpoints, probes, results); this module
@@ -184,8 +185,9 @@ class _Loop:
       batches = run.data.train_batches(config.seed, resumed_from, config.global_batch_size,
                                        plan.steps_per_epoch)
       self.inputs = _device_prefetch(batches, NamedSharding(run.mesh, P(AXIS))).__next__
-    else:
-      self.inputs = lambda: (run.images["pretrain"],)
+    else:  # the images on the devices, and the epoch's order (computed once an epoch)
+      orders = step_lib.EpochOrder(run)
+      self.inputs = lambda: (run.images["pretrain"], orders(self.state, self.step))
 
   def run(self):
     """Steps to `stop_at`; returns whether a SIGTERM stopped it (after a checkpoint)."""
