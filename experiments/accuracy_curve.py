@@ -17,15 +17,12 @@ Writes the JSON (`points`: one record per checkpoint) and a PNG next to it.
 import argparse
 import json
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from mi_contrast import checkpoints  # noqa: E402
-from mi_contrast import files  # noqa: E402
-from mi_contrast import probes  # noqa: E402
-from mi_contrast import run as run_lib  # noqa: E402
+import common  # noqa: F401  (experiments/ is this folder; common puts the repo on sys.path)
+from mi_contrast import checkpoints
+from mi_contrast import files
+from mi_contrast import probes
+from mi_contrast import run as run_lib
 
 
 def checkpoint_seconds(workdir, step):

@@ -18,10 +18,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+import common  # noqa: E402  (experiments/ is this script's folder; it puts the repo on sys.path)
 from mi_contrast import config as config_lib  # noqa: E402
 from mi_contrast import train  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 LESIONS = {  # lesion name -> view recipe per preset
     "digits": {"none": "none", "crop": "digits_crop", "flip": "digits_flip",
                "colour": "digits_intensity", "all": "digits"},
@@ -35,7 +35,7 @@ def main():
   parser.add_argument("--presets", nargs="*", default=["digits"])
   parser.add_argument("--num_epochs", type=int, default=None,
                       help="override the preset's epochs (digits default: 40)")
-  parser.add_argument("--out", default=os.path.join(HERE, "results", "augmentation_lesion.json"))
+  parser.add_argument("--out", default=os.path.join(common.RESULTS, "augmentation_lesion.json"))
   args = parser.parse_args()
   table = {}
   for preset in args.presets:

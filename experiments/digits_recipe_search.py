@@ -32,10 +32,13 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-RESULTS = os.path.join(HERE, "results", "digits_recipe_search.jsonl")
+import common  # experiments/ is this script's folder; common puts the repository on sys.path
+
+ROOT = common.REPO
+RESULTS = os.path.join(common.RESULTS, "digits_recipe_search.jsonl")
 RUNS = "/tmp/recipe_runs"
+# What makes two records the same run (runs already in RESULTS are skipped).
+KEY_FIELDS = ("variant", "overrides", "recipe", "seed", "eval_split", "phase")
 
 _RATIO = (3.0 / 4.0, 4.0 / 3.0)
 _HFLIP = ("random_horizontal_flip", {"p": 0.5}, 1.0)
@@ -105,14 +108,6 @@ def load_ring_config():
   return module.get_config()
 
 
-def set_field(config, key, value):
-  parts = key.split(".")
-  node = config
-  for part in parts[:-1]:
-    node = node[part]
-  node[parts[-1]] = value
-
-
 def register_recipes():
   from mi_contrast import views
   for name, recipe in CUSTOM_RECIPES.items():
@@ -125,26 +120,10 @@ def child(spec):
   from mi_contrast import train
   config = load_ring_config()
   for key, value in spec["overrides"].items():
-    set_field(config, key, value)
+    common.set_field(config, key, value)
   config.seed = spec["seed"]
   config.eval_split = spec["eval_split"]
   train.train_and_evaluate(config, spec["workdir"])
-
-
-def run_key(record):
-  return json.dumps([record["variant"], record["overrides"], record.get("recipe"),
-                     record["seed"], record["eval_split"], record["phase"]], sort_keys=True)
-
-
-def done_keys():
-  keys = set()
-  if os.path.exists(RESULTS):
-    with open(RESULTS) as f:
-      for line in f:
-        line = line.strip()
-        if line:
-          keys.add(run_key(json.loads(line)))
-  return keys
 
 
 def summarise(results):
@@ -170,6 +149,20 @@ def summarise(results):
   }
 
 
+def child_results(workdir, returncode, eval_split, what, log):
+  """A finished child's results.json (None, said, when it failed); an error when its probes
+  ran on another split than asked."""
+  path = os.path.join(workdir, "results.json")
+  if returncode != 0 or not os.path.exists(path):
+    print(f"FAILED {what} (rc {returncode}); see {log}", flush=True)
+    return None
+  with open(path) as f:
+    results = json.load(f)
+  if results.get("eval_split") != eval_split:
+    raise RuntimeError(f"results.json eval_split {results.get('eval_split')} != {eval_split}")
+  return results
+
+
 def run_one(variant, seed, eval_split, phase, keys):
   overrides = VARIANTS[variant]
   views = overrides.get("views")
@@ -177,7 +170,7 @@ def run_one(variant, seed, eval_split, phase, keys):
   record = {"variant": variant, "overrides": overrides,
             "recipe": json.loads(json.dumps(recipe)) if recipe else None,
             "seed": seed, "eval_split": eval_split, "phase": phase}
-  if run_key(record) in keys:
+  if common.record_key(record, KEY_FIELDS) in keys:
     print(f"skip {variant} seed={seed} {eval_split} {phase}", flush=True)
     return
   workdir = os.path.join(RUNS, f"{phase}_{variant}_{eval_split}_s{seed}")
@@ -192,22 +185,15 @@ def run_one(variant, seed, eval_split, phase, keys):
                            json.dumps(spec)], cwd=ROOT, env=env, stdout=f,
                           stderr=subprocess.STDOUT)
   process_seconds = time.time() - start
-  path = os.path.join(workdir, "results.json")
-  if proc.returncode != 0 or not os.path.exists(path):
-    print(f"FAILED {variant} seed={seed} (rc {proc.returncode}); see {log}", flush=True)
+  results = child_results(workdir, proc.returncode, eval_split, f"{variant} seed={seed}", log)
+  if results is None:
     return
-  with open(path) as f:
-    results = json.load(f)
   shutil.rmtree(workdir, ignore_errors=True)
-  if results.get("eval_split") != eval_split:
-    raise RuntimeError(f"results.json eval_split {results.get('eval_split')} != {eval_split}")
   record.update(summarise(results))
   record["process_seconds"] = process_seconds
   record["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
-  os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-  with open(RESULTS, "a") as f:
-    f.write(json.dumps(record) + "\n")
-  keys.add(run_key(record))
+  common.append_jsonl(RESULTS, record)
+  keys.add(common.record_key(record, KEY_FIELDS))
   print(f"{variant:>16} s={seed:<5} {eval_split:>10} lin={record['linear_top1']:.4f} "
         f"knn={record['knn_top1']:.4f} nn1={record['nn1_top1']:.4f} "
         f"fs10={record['fewshot_trained']['10']:.4f} "
@@ -232,17 +218,13 @@ def main():
   parser.add_argument("--list", action="store_true", help="print the variants and exit")
   args = parser.parse_args()
   if args.list:
-    for name, overrides in VARIANTS.items():
-      print(name, json.dumps(overrides))
+    common.print_variants(VARIANTS)
     return
   phase = args.phase or ("test" if args.eval_split == "test" else "search")
   if phase == "test" and args.eval_split != "test" or phase != "test" and args.eval_split == "test":
     raise SystemExit("--phase=test goes with --eval_split=test only")
-  names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
-  unknown = [n for n in names if n not in VARIANTS]
-  if unknown:
-    raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-  keys = done_keys()
+  names = common.variant_names(args.variants, VARIANTS)
+  keys = common.done_keys(RESULTS, KEY_FIELDS)
   for seed in (int(s) for s in args.seeds.split(",")):
     for name in names:
       run_one(name, seed, args.eval_split, phase, keys)

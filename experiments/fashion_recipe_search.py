@@ -1,4 +1,4 @@
-"""Recipe search for the Fashion-MNIST preset (IR Ring, configs/ring.py:fashion_mnist), on validation.
+"""Recipe search for the Fashion-MNIST preset (IR Ring, ring.py:fashion_mnist), on validation.
 
 Every run trains `configs/ring.py:fashion_mnist` with a few overrides and records one JSON line
 in experiments/results/fashion_recipe_search.jsonl (the same fields as digits_recipe_search.py).
@@ -18,22 +18,21 @@ whole life (imports, compilation, training, end-of-run probes), `wall_seconds` r
 """
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+import common  # experiments/ is this script's folder; common puts the repository on sys.path
+from digits_recipe_search import child_results, summarise  # the same record fields
 
-from digits_recipe_search import summarise  # noqa: E402  (the same record fields)
-
-RESULTS = os.path.join(HERE, "results", "fashion_recipe_search.jsonl")
+ROOT = common.REPO
+RESULTS = os.path.join(common.RESULTS, "fashion_recipe_search.jsonl")
 RUNS = "/tmp/fashion_recipe_runs"
 CONFIG = "configs/ring.py:fashion_mnist"
+# What makes two records the same run (runs already in RESULTS are skipped).
+KEY_FIELDS = ("variant", "overrides", "seed", "eval_split", "phase")
 
 # The preset's values when these variants were searched (before the preset took the search's
 # result, 20x20 views and temperature 0.1): every variant's flags start from them, so that a
@@ -70,24 +69,11 @@ VARIANTS = {
 }
 
 
-def run_key(record):
-  return json.dumps([record["variant"], record["overrides"], record["seed"],
-                     record["eval_split"], record["phase"]], sort_keys=True)
-
-
-def done_keys():
-  keys = set()
-  if os.path.exists(RESULTS):
-    with open(RESULTS) as f:
-      keys = {run_key(json.loads(line)) for line in f if line.strip()}
-  return keys
-
-
 def run_one(variant, seed, eval_split, phase, keys):
   overrides = VARIANTS[variant]
   record = {"variant": variant, "overrides": overrides, "seed": seed, "eval_split": eval_split,
             "phase": phase, "config": CONFIG}
-  if run_key(record) in keys:
+  if common.record_key(record, KEY_FIELDS) in keys:
     print(f"skip {variant} seed={seed} {eval_split} {phase}", flush=True)
     return
   workdir = os.path.join(RUNS, f"{phase}_{variant}_{eval_split}_s{seed}")
@@ -101,23 +87,16 @@ def run_one(variant, seed, eval_split, phase, keys):
   with open(log, "a") as f:
     proc = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
   process_seconds = time.time() - start
-  path = os.path.join(workdir, "results.json")
-  if proc.returncode != 0 or not os.path.exists(path):
-    print(f"FAILED {variant} seed={seed} (rc {proc.returncode}); see {log}", flush=True)
+  results = child_results(workdir, proc.returncode, eval_split, f"{variant} seed={seed}", log)
+  if results is None:
     return
-  with open(path) as f:
-    results = json.load(f)
-  if results.get("eval_split") != eval_split:
-    raise RuntimeError(f"results.json eval_split {results.get('eval_split')} != {eval_split}")
   record.update(summarise(results))
   record["raw_pixels_knn_top1"] = results.get("raw_pixels_knn_top1")
   record["random_init_linear_top1"] = results.get("random_init_linear_top1")
   record["process_seconds"] = process_seconds
   record["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
-  os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-  with open(RESULTS, "a") as f:
-    f.write(json.dumps(record) + "\n")
-  keys.add(run_key(record))
+  common.append_jsonl(RESULTS, record)
+  keys.add(common.record_key(record, KEY_FIELDS))
   shutil.rmtree(workdir, ignore_errors=True)
   print(f"{variant:>16} s={seed:<5} {eval_split:>10} lin={record['linear_top1']:.4f} "
         f"knn={record['knn_top1']:.4f} fs10={record['fewshot_trained']['10']:.4f} "
@@ -135,15 +114,11 @@ def main():
   parser.add_argument("--list", action="store_true")
   args = parser.parse_args()
   if args.list:
-    for name, overrides in VARIANTS.items():
-      print(name, json.dumps(overrides))
+    common.print_variants(VARIANTS)
     return
   phase = "test" if args.eval_split == "test" else "search"
-  names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
-  unknown = [n for n in names if n not in VARIANTS]
-  if unknown:
-    raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-  keys = done_keys()
+  names = common.variant_names(args.variants, VARIANTS)
+  keys = common.done_keys(RESULTS, KEY_FIELDS)
   for seed in (int(s) for s in args.seeds.split(",")):
     for name in names:
       run_one(name, seed, args.eval_split, phase, keys)

@@ -6,28 +6,31 @@
   python experiments/negatives_study.py --arms=ir_ring_wide \
       --variant=ir_ring_wide=ir_ring:ring.outer=0.5,ring.inner=0.2   # a controlled variation
 
-Arms (config file -> method, negatives):
+Arms (config file -> method, negatives; study_arms.ARMS, where adding an arm is one entry):
   ir_uniform configs/ir.py, ir_ring configs/ring.py, ir_ball configs/ball.py,
   moco_uniform configs/moco.py, moco_ring configs/moco_ring.py,
   simclr_uniform configs/simclr.py, simclr_ring configs/simclr_ring.py.
+This script runs and resumes them; study_arms.py builds their configs and study_analysis.py
+the JSON's summaries, tables and plot.
 CMC is left out: its L/ab split of Lab colour means nothing on grey images, so SimCLR stands in
 for the in-batch family.
 
 What is shared. Every arm runs `python -m mi_contrast.main --config=configs/<arm>.py:<dataset>`
 with overrides that set every field to one study value, except the fields an arm is made of:
-`method`, `negatives`, `bound` and `ring.*` (the band and its annealing, which the uniform arms
-ignore). So views, encoder, width, batch, epochs, learning rate and schedule, temperature,
-K = num_negatives (4,096 on fashion_mnist, a multiple of the batch as MoCo's queue needs; the
-IR configs' own 4,095 is overridden), probes and evaluation split are the same for every arm.
+`method`, `negatives`, `bound` (and a debiased bound's `tau_plus`, `hcl_beta`) and `ring.*`
+(the band and its annealing, which the uniform arms ignore). So views, encoder, width, batch,
+epochs, learning rate and schedule, temperature, K = num_negatives (4,096 on fashion_mnist, a
+multiple of the batch as MoCo's queue needs; the IR configs' own 4,095 is overridden), probes
+and evaluation split are the same for every arm.
 One memory-bank option is not: `bank.candidates` (the band over 8,192 random bank rows on
 fashion_mnist, as configs/ring.py's preset) is refused by MoCo and SimCLR, which have no bank,
-so their arms take 0 (their bands are over the whole queue or batch; BANK_ONLY below).
-The study value of a field is the dataset preset's (`mi_contrast/config.py`) unless STUDY
-below or --set says otherwise. The per-arm differences left are printed before anything runs
-(the check that nothing else differs): IR Ring, IR Ball and MoCo Ring anneal rho_o
-1.0 -> 0.1, SimCLR Ring 1.0 -> 0.5 (its config's in-batch band: 510 in-batch candidates at
-batch 256), rho_i = 0.1, over the first half of training. Each method keeps its own number of
-views (IR 1, MoCo and SimCLR 2) of the same recipe.
+so their arms take 0 (their bands are over the whole queue or batch; study_arms.BANK_ONLY).
+The study value of a field is the dataset preset's (`mi_contrast/config.py`) unless
+study_arms.study_overrides or --set says otherwise. The per-arm differences left are printed
+before anything runs (the check that nothing else differs): IR Ring, IR Ball and MoCo Ring
+anneal rho_o 1.0 -> 0.1, SimCLR Ring 1.0 -> 0.5 (its config's in-batch band: 510 in-batch
+candidates at batch 256), rho_i = 0.1, over the first half of training. Each method keeps its
+own number of views (IR 1, MoCo and SimCLR 2) of the same recipe.
 
 Budget (fixed, the same for every arm): fashion_mnist, all 60,000 training images (the config
 has no field to train on a subset), batch 256, 234 steps per epoch, --epochs (default 10:
@@ -37,8 +40,8 @@ ResNet at width 16) and its 20x20 training views; probes on the 10,000 test imag
 is the largest budget whose 21 runs fit in about 6 hours of the 2-core CPU (estimated there:
 IR about 65 s per epoch, MoCo and SimCLR, two views, about 75-90 s, and 1-2 min of end-of-run
 probes per run: about 4.8 hours; the first IR runs took 18-21 minutes each with other jobs on
-the cores, so 6-7 hours is likelier). It is below the preset's 32 epochs (README, "Dataset
-presets"), so the networks compared are under-trained.
+the cores, so 6-7 hours is likelier). It is below the preset's 32 epochs
+(docs/results/fashion_mnist.md), so the networks compared are under-trained.
 --quick: digits (1,438 train / 359 test), 2 epochs of batch 128 (22 steps), a 30-epoch linear
 probe, seed 1337 alone, all 7 arms: 8 min there. It checks the plumbing, not the science.
 
@@ -47,8 +50,9 @@ probe, seed 1337 alone, all 7 arms: 8 min there. It checks the plumbing, not the
 Outputs:
   --out (default experiments/results/negatives_study_<dataset>.json; --quick:
   negatives_study_quick.json), rewritten atomically after every finished run, so a partial
-  study is a valid JSON; it holds this command's arms and seeds (the workdirs hold every run): `runs` (one record per method, negatives, seed), `arms` (mean and std
-  over seeds), `paired` (ring minus uniform per method on shared seeds, and IR ball minus
+  study is a valid JSON; it holds this command's arms and seeds (the workdirs hold every
+  run): `runs` (one record per method, negatives, seed), `arms` (mean and std over seeds),
+  `paired` (ring minus uniform per method on shared seeds, and IR ball minus
   uniform: mean difference and its standard error std / sqrt(n), None for n < 2), `failed`.
   A PNG next to it (same name, .png): accuracy per arm with seed error bars, and the
   false-negative share against training step for the ring and ball arms (when logged).
@@ -66,7 +70,7 @@ shared), e.g. a band that stops short of the nearest neighbours, or a shorter an
 Its workdir is <workdir_root>/<NAME>_s<seed>, its record's `variant_of` and `variant_fields`
 say what it is, and `paired` gains NAME minus its method's uniform arm on the shared seeds.
 
-Resumable: each run's workdir is <workdir_root>/<method>_<negatives>_s<seed>. A run whose
+Resumable: each run's workdir is <workdir_root>/<arm>_s<seed>. A run whose
 results.json matches its config (config_sha256) is read, not started; so is a run whose record
 in --out (an earlier write of this JSON, e.g. the committed one) has its config_sha256, when its
 workdir is gone; any other is started with the same command, which resumes from its newest
@@ -83,9 +87,6 @@ uniform draws give: the chance that another training image has the anchor's clas
 """
 
 import argparse
-import hashlib
-import importlib.util
-import json
 import math
 import os
 import platform
@@ -93,270 +94,40 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
+import common  # experiments/ is this script's folder; common puts the repository on sys.path
+from mi_contrast import config as config_lib
+import study_analysis
+from study_analysis import arm_summaries, paired, plot, table
+from study_arms import (ARMS, DEFAULT_EPOCHS, DEFAULT_SEEDS, QUICK_SEEDS, VARIANTS,
+                        arm_differences, arm_file, arm_order, arm_plan, check_differences,
+                        config_digest, is_arm_field, parse_assignment, parse_variant,
+                        run_name, study_values)
 
-from mi_contrast import config as config_lib  # noqa: E402
-
-RESULTS = os.path.join(HERE, "results")
-
-# arm -> config file. Order: the JSON's and the plot's.
-ARMS = {
-    "ir_uniform": "configs/ir.py",
-    "ir_ring": "configs/ring.py",
-    "ir_ball": "configs/ball.py",
-    "moco_uniform": "configs/moco.py",
-    "moco_ring": "configs/moco_ring.py",
-    "simclr_uniform": "configs/simclr.py",
-    "simclr_ring": "configs/simclr_ring.py",
-}
-# What an arm is made of; every other field is set to the study's value.
-ARM_FIELDS = ("method", "negatives", "bound")
-ARM_SECTIONS = ("ring.",)
-# Memory-bank options that methods without a bank (MoCo's queue, SimCLR's batch) refuse: those
-# arms take this value (the band over the whole queue or batch); the IR arms keep the study's.
-BANK_ONLY = {"bank.candidates": 0}
-BANKLESS_METHODS = ("moco", "simclr")
-
-DEFAULT_SEEDS = (1337, 1, 2)
-DEFAULT_EPOCHS = {"fashion_mnist": 10, "digits": 40}
-# Study values beyond the preset's (dataset -> field -> value).
-STUDY = {
-    # K = 4,096: a multiple of the batch (MoCo's queue), the same for IR's bank draws.
-    # The band of IR's bank over 8,192 random rows, as configs/ring.py's preset (BANK_ONLY:
-    # MoCo's and SimCLR's bands are over their whole queue or batch).
-    "fashion_mnist": {"num_negatives": 4096,
-                      "bank.candidates": config_lib.FASHION_MNIST_CANDIDATES},
-    # The digits recipe of configs/ring.py (views without the flip, temperature 0.1).
-    "digits": {"views": "digits_noflip", "temperature": 0.1, "num_negatives": 1024},
-}
-QUICK = {"num_epochs": 2, "warmup_epochs": 0, "probe_epochs": 30, "eval_every_steps": 1000,
-         "log_every_steps": 2}
-QUICK_SEEDS = (1337,)
-METRICS = ("linear_top1", "knn_top1", "fewshot_10", "bound_nats", "log_k_plus_1",
-           "false_negative_share")
-PAIRED_METRICS = ("linear_top1", "knn_top1", "fewshot_10", "bound_nats", "false_negative_share")
+REPO = common.REPO
 SIDECAR = "study_run.json"   # per workdir: commit and seconds of the study's child processes
-# Controlled variations (--variant): name -> {"base": arm, "fields": {ring.* field: value}}.
-VARIANTS = {}
-
-
-# ----------------------------------------------------------------------------------------------
-# Configs: the arms' effective configs and the flags that give them.
-# ----------------------------------------------------------------------------------------------
-
-def arm_file(arm):
-  """The config file of an arm or of a variant's base arm."""
-  return ARMS[VARIANTS[arm]["base"]] if arm in VARIANTS else ARMS[arm]
-
-
-def arm_order():
-  return list(ARMS) + [v for v in VARIANTS if v not in ARMS]
-
-
-def parse_variant(text):
-  """'ir_ring_wide=ir_ring:ring.outer=0.5,ring.inner=0.2' -> (name, base, {field: value})."""
-  usage = ("expected NAME=BASE_ARM:FIELD=VALUE[,FIELD=VALUE...], e.g. "
-           "--variant=ir_ring_wide=ir_ring:ring.outer=0.5,ring.inner=0.2")
-  name, sep, rest = text.partition("=")
-  base, sep2, assignments = rest.partition(":")
-  if not (sep and sep2 and name and assignments):
-    raise SystemExit(f"--variant {text!r}: {usage}")
-  if name in ARMS or not name.replace("_", "").isalnum():
-    raise SystemExit(f"--variant {text!r}: the name {name!r} must be new (not one of "
-                     f"{', '.join(ARMS)}) and made of letters, digits and '_'.")
-  if base not in ARMS:
-    raise SystemExit(f"--variant {text!r}: unknown base arm {base!r}; allowed: "
-                     + ", ".join(ARMS))
-  fields = dict(parse_assignment(a) for a in assignments.split(",") if a)
-  own = flatten(load_arm_config(base, None))
-  for key in fields:
-    if not key.startswith(ARM_SECTIONS) or key not in own:
-      raise SystemExit(f"--variant {text!r}: {key} is not a field of "
-                       f"{', '.join(s + '*' for s in ARM_SECTIONS)}; a variant changes only "
-                       "what an arm is made of (every other field is shared: use --set).")
-  return name, base, fields
-
-
-def load_arm_config(arm, preset):
-  path = os.path.join(REPO, arm_file(arm))
-  spec = importlib.util.spec_from_file_location(f"study_{arm}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(preset)
-  for key, value in VARIANTS.get(arm, {}).get("fields", {}).items():
-    set_field(c, key, value)
-  return c
-
-
-def flatten(c, prefix=""):
-  out = {}
-  for key, value in c.items():
-    if hasattr(value, "items"):
-      out.update(flatten(value, prefix + key + "."))
-    else:
-      out[prefix + key] = value
-  return out
-
-
-def set_field(c, key, value):
-  *parents, leaf = key.split(".")
-  for part in parents:
-    c = c[part]
-  c[leaf] = value
-
-
-def parse_assignment(text):
-  """'probe_epochs=5' -> ('probe_epochs', 5): the value as JSON, else a string."""
-  key, sep, raw = text.partition("=")
-  if not sep or not key:
-    raise SystemExit(f"--set {text!r}: expected FIELD=VALUE, e.g. --set=probe_epochs=5")
-  try:
-    value = json.loads(raw)
-  except json.JSONDecodeError:
-    value = raw
-  return key, value
-
-
-def is_arm_field(key):
-  return key in ARM_FIELDS or key.startswith(ARM_SECTIONS)
-
-
-def study_values(preset, quick, epochs, data_dir, extra):
-  """Every field's study value (flat dict): the preset's, then STUDY, the budget and --set."""
-  values = flatten(config_lib.default_config(preset))
-  values.update(STUDY.get(preset, {}))
-  if quick:
-    values.update(QUICK)
-  if epochs is not None:
-    values["num_epochs"] = epochs
-  if data_dir:
-    values["data_dir"] = data_dir
-  values["eval_split"] = "test"
-  if values["warmup_epochs"] >= values["num_epochs"]:
-    values["warmup_epochs"] = 0   # a 1-epoch budget: no warm-up
-  for key, value in extra:
-    if key not in values:
-      raise SystemExit(f"--set {key}=...: {key} is not a config field.")
-    if is_arm_field(key):
-      raise SystemExit(f"--set {key}=...: {key} defines the arms; it is not a shared field.")
-    values[key] = value
-  return values
-
-
-def _flag_value(value):
-  if isinstance(value, bool):
-    return "True" if value else "False"
-  if isinstance(value, float):
-    return repr(value)
-  return str(value)
-
-
-def arm_plan(arm, preset, values):
-  """(effective config, the --config.* flags that turn the arm's config file into it)."""
-  c = load_arm_config(arm, preset)
-  own = flatten(c)
-  if c.method in BANKLESS_METHODS:
-    values = {**values, **BANK_ONLY}
-  flags = []
-  for key, value in sorted(values.items()):
-    if is_arm_field(key) or own[key] == value:
-      continue
-    if value is None:
-      raise SystemExit(f"{ARMS[arm]}: {key} = {own[key]!r}, the study's is None (no flag "
-                       "can set None); give the study a value with --set.")
-    flags.append(f"--config.{key}={_flag_value(value)}")
-    set_field(c, key, value)
-  # A variant's own fields (already in c): flags on top of its base arm's config file.
-  for key, value in sorted(VARIANTS.get(arm, {}).get("fields", {}).items()):
-    flags.append(f"--config.{key}={_flag_value(value)}")
-  return c, flags
-
-
-def config_digest(c):
-  """results.json's config_sha256 (mi_contrast.results.config_digest, without importing jax)."""
-  text = json.dumps(json.loads(c.to_json()), sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()
-
-
-def arm_differences(configs):
-  """{field: {arm: value}} for the fields whose effective values differ between arms."""
-  flat = {arm: flatten(c) for arm, c in configs.items()}
-  keys = sorted(set().union(*(f.keys() for f in flat.values())))
-  out = {}
-  for key in keys:
-    column = {arm: f.get(key) for arm, f in flat.items()}
-    if len({json.dumps(v) for v in column.values()}) > 1:
-      out[key] = column
-  return out
-
-
-def check_differences(differences):
-  stray = [k for k in differences if not is_arm_field(k) and k not in BANK_ONLY]
-  if stray:
-    raise SystemExit(f"arms differ in shared fields {stray}: {differences}")
 
 
 # ----------------------------------------------------------------------------------------------
 # One run: its command, its results, its record.
 # ----------------------------------------------------------------------------------------------
 
-def run_name(c, arm=None):
-  if arm in VARIANTS:
-    return f"{arm}_s{c.seed}"
-  return f"{c.method}_{c.negatives}_s{c.seed}"
-
-
 def command(config_file, preset, flags, seed, workdir):
   return ([sys.executable, "-m", "mi_contrast.main", f"--config={config_file}:{preset}",
            f"--workdir={workdir}", f"--config.seed={seed}"] + flags)
 
 
-def read_json(path, default=None):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return default
-
-
-def write_json_atomic(path, data):
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".json")
-  with os.fdopen(fd, "w") as f:
-    json.dump(data, f, indent=1, sort_keys=True, default=str)
-    f.write("\n")
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
-
-
 def finished(workdir, digest):
   """results.json of this very config (its config_sha256), else None."""
-  results = read_json(os.path.join(workdir, "results.json"))
+  results = common.read_json(os.path.join(workdir, "results.json"))
   if isinstance(results, dict) and results.get("config_sha256") == digest:
     return results
   return None
 
 
 def read_metrics(workdir):
-  records = []
-  try:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-      for line in f:
-        line = line.strip()
-        if line:
-          try:
-            records.append(json.loads(line))
-          except ValueError:
-            pass  # a line cut by a kill
-  except OSError:
-    pass
-  return records
+  return common.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
 def _finite(x):
@@ -377,7 +148,22 @@ def recorded_run(old_study, plan):
   return None
 
 
+def optional_fields(c, metrics):
+  """What only some arms have, so absent from the records of the others (and of the study's
+  first arms): `bound` when it is not InfoNCE, and the last logged clamped fraction of a
+  debiased bound (study_analysis.CLAMPED). The tables show a column for each when present."""
+  out = {}
+  if c.bound != study_analysis.DEFAULT_BOUND:
+    out["bound"] = c.bound
+  clamped = [r[study_analysis.CLAMPED] for r in metrics
+             if _finite(r.get(study_analysis.CLAMPED)) is not None]
+  if clamped:
+    out[study_analysis.CLAMPED] = clamped[-1]
+  return out
+
+
 def run_record(plan, results, chance):
+  """The study's record of a finished run: its results, its logged series, its cost."""
   arm, c, workdir = plan["arm"], plan["config"], plan["workdir"]
   metrics = read_metrics(workdir)
   last = next((r for r in reversed(metrics) if "bound_nats" in r and "log_k_plus_1" in r), {})
@@ -388,7 +174,7 @@ def run_record(plan, results, chance):
   after = [p for p in series if p[0] >= anneal_end]
   at_end = after[0] if after else (series[-1] if series else (None, None))
   fewshot = (results.get("fewshot") or {}).get("10", {}).get("trained", {})
-  sidecar = read_json(os.path.join(workdir, SIDECAR), {})
+  sidecar = common.read_json(os.path.join(workdir, SIDECAR), {})
   return {
       "arm": arm, "config": arm_file(arm), "method": c.method, "negatives": c.negatives,
       "variant_of": VARIANTS[arm]["base"] if arm in VARIANTS else None,
@@ -412,218 +198,17 @@ def run_record(plan, results, chance):
       "false_negative_series": [list(p) for p in series],
       "wall_seconds": sidecar.get("process_seconds") or results.get("wall_seconds"),
       "run_wall_seconds": results.get("wall_seconds"),
-      "commit": sidecar.get("commit") or git_commit(),
+      "commit": sidecar.get("commit") or common.git_commit(),
       "workdir": workdir, "config_sha256": results.get("config_sha256"),
       "command": " ".join(["python"] + plan["command"][1:]),
       "params_sha256": results.get("params_sha256"),
+      **optional_fields(c, metrics),
   }
-
-
-# ----------------------------------------------------------------------------------------------
-# Aggregates: per arm, paired differences.
-# ----------------------------------------------------------------------------------------------
-
-def _mean_std(values):
-  values = [v for v in values if v is not None]
-  if not values:
-    return None, None, 0
-  mean = sum(values) / len(values)
-  if len(values) < 2:
-    return mean, None, len(values)
-  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-  return mean, math.sqrt(var), len(values)
-
-
-def arm_summaries(runs):
-  out = {}
-  for arm in arm_order() + sorted({r["arm"] for r in runs} - set(arm_order())):
-    rows = sorted((r for r in runs if r["arm"] == arm), key=lambda r: r["seed"])
-    if not rows:
-      continue
-    summary = {"config": rows[0]["config"], "method": rows[0]["method"],
-               "negatives": rows[0]["negatives"], "seeds": [r["seed"] for r in rows],
-               "steps": rows[0]["steps"], "epochs": rows[0]["epochs"],
-               "mean": {}, "std": {}, "n": {}, "per_seed": {}}
-    for metric in METRICS:
-      mean, std, n = _mean_std([r[metric] for r in rows])
-      summary["mean"][metric], summary["std"][metric], summary["n"][metric] = mean, std, n
-      summary["per_seed"][metric] = {str(r["seed"]): r[metric] for r in rows}
-    out[arm] = summary
-  return out
-
-
-def paired(runs):
-  """Ring minus uniform per method (and IR ball, and every variant, minus its method's
-  uniform arm), on the seeds both have."""
-  by = {(r["arm"], r["seed"]): r for r in runs}
-  pairs = [("ir_ring", "ir_uniform"), ("moco_ring", "moco_uniform"),
-           ("simclr_ring", "simclr_uniform"), ("ir_ball", "ir_uniform")]
-  variants = sorted({r["arm"] for r in runs if r["arm"] not in ARMS},
-                    key=lambda a: (arm_order() + [a]).index(a))
-  pairs += [(v, next(r["method"] for r in runs if r["arm"] == v) + "_uniform")
-            for v in variants]
-  out = []
-  for arm_a, arm_b in pairs:
-    seeds = sorted(s for (arm, s) in by if arm == arm_a and (arm_b, s) in by)
-    if not seeds:
-      continue
-    first = by[(arm_a, seeds[0])]
-    method, negatives = first["method"], first["negatives"]
-    entry = {"method": method, "a": negatives, "b": "uniform", "seeds": seeds,
-             "arm_a": arm_a, "arm_b": arm_b,
-             "label": (f"{method}: {negatives} - uniform" if arm_a in ARMS
-                       else f"{arm_a} - {arm_b}")}
-    for metric in PAIRED_METRICS:
-      diffs = []
-      for s in seeds:
-        a, b = by[(arm_a, s)][metric], by[(arm_b, s)][metric]
-        diffs.append(None if a is None or b is None else a - b)
-      mean, std, n = _mean_std(diffs)
-      entry[metric] = {"diffs": diffs, "mean": mean, "std": std, "n": n,
-                       "se": std / math.sqrt(n) if std is not None else None}
-    out.append(entry)
-  return out
-
-
-def _pm(mean, spread, digits=3, sign=False):
-  if mean is None:
-    return "-"
-  mean = round(mean, digits) + 0.0   # no "-0.000"
-  text = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
-  return text + (f" ± {spread:.{digits}f}" if spread is not None else "")
-
-
-def table(study):
-  """The study's JSON as two markdown tables (the README's): per arm, mean ± std over seeds;
-  per comparison, the mean paired difference ± its standard error, and on how many seeds the
-  difference is positive."""
-  runs = study.get("runs", [])
-  lines = ["| arm | seeds | linear | kNN | 10-shot | bound / cap (nats) | "
-           "false-negative share | minutes per run |", "|---|---|---|---|---|---|---|---|"]
-  arms = study.get("arms", {})
-  for arm in [a for a in arm_order() if a in arms] + sorted(set(arms) - set(arm_order())):
-    s = arms[arm]
-    mean, std = s["mean"], s["std"]
-    minutes = _mean_std([r.get("wall_seconds") for r in runs if r["arm"] == arm])[0]
-    bound = ("-" if None in (mean.get("bound_nats"), mean.get("log_k_plus_1")) else
-             f"{mean['bound_nats']:.2f} / {mean['log_k_plus_1']:.2f}")
-    lines.append(
-        f"| {arm} | {','.join(map(str, s['seeds']))} | "
-        + " | ".join(_pm(mean[m], std[m]) for m in ("linear_top1", "knn_top1", "fewshot_10"))
-        + f" | {bound} | {_pm(mean['false_negative_share'], None)} | "
-        + (f"{minutes / 60:.0f}" if minutes is not None else "-") + " |")
-  lines += ["", "| difference (same seeds) | seeds | linear | kNN | 10-shot | "
-            "false-negative share | seeds where it is > 0 (linear / kNN / 10-shot) | "
-            "95% t-interval, linear / 10-shot |", "|---|---|---|---|---|---|---|---|"]
-  for p in study.get("paired", []):
-    def positive(metric):
-      return sum(1 for d in p[metric]["diffs"] if d is not None and d > 0)
-
-    def interval(metric):
-      import scipy.stats   # scikit-learn's dependency
-      m, se, n = p[metric]["mean"], p[metric]["se"], p[metric]["n"]
-      if m is None or se is None:
-        return "-"
-      half = scipy.stats.t.ppf(0.975, n - 1) * se
-      return f"[{m - half:+.3f}, {m + half:+.3f}]"
-    lines.append(
-        f"| {p['label']} | {','.join(map(str, p['seeds']))} | "
-        + " | ".join(_pm(p[m]["mean"], p[m]["se"], sign=True)
-                     for m in ("linear_top1", "knn_top1", "fewshot_10", "false_negative_share"))
-        + f" | {positive('linear_top1')} / {positive('knn_top1')} / {positive('fewshot_10')}"
-        f" of {len(p['seeds'])} | {interval('linear_top1')} / {interval('fewshot_10')} |")
-  chance = study.get("false_negative_chance")
-  lines += ["", "Arms: mean ± std over seeds. Differences: mean ± standard error of the paired "
-            "differences (std / sqrt(seeds)); the interval is mean ± t(0.975, seeds - 1) x "
-            "standard error."
-            + (f" False-negative share at chance: {chance:.3f}." if chance else "")]
-  return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# The plot.
-# ----------------------------------------------------------------------------------------------
-
-def plot(study, path):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  arms = study["arms"]
-  fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
-  names = list(arms)
-  metrics = (("linear_top1", "linear"), ("knn_top1", "kNN"), ("fewshot_10", "10-shot"))
-  width = 0.8 / len(metrics)
-  for j, (metric, label) in enumerate(metrics):
-    xs = [i + (j - 1) * width for i in range(len(names))]
-    means = [arms[a]["mean"][metric] or 0.0 for a in names]
-    errs = [arms[a]["std"][metric] or 0.0 for a in names]
-    left.bar(xs, means, width, yerr=errs, capsize=3, label=label)
-    for x, a in zip(xs, names):
-      seeds = [v for v in arms[a]["per_seed"][metric].values() if v is not None]
-      left.plot([x] * len(seeds), seeds, "k.", markersize=3)
-  pixels = [r["raw_pixels_linear_top1"] for r in study["runs"]
-            if r.get("raw_pixels_linear_top1") is not None]
-  if pixels:
-    left.axhline(sum(pixels) / len(pixels), color="grey", linestyle="--", linewidth=1,
-                 label="raw pixels, linear")
-  left.set_xticks(range(len(names)))
-  left.set_xticklabels(names, rotation=30, ha="right")
-  values = [v for a in names for m, _ in metrics
-            for v in arms[a]["per_seed"][m].values() if v is not None]
-  if values:
-    left.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.03))
-  left.set_ylabel("test top-1")
-  left.set_title(f"{study['dataset']}, {study['budget']['epochs']} epochs: mean +- std over "
-                 "seeds (dots: seeds)", fontsize=9)
-  left.legend(fontsize=8)
-  plotted = False
-  colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  for k, arm in enumerate(a for a in names if arms[a]["negatives"] != "uniform"):
-    for n, run in enumerate(r for r in study["runs"] if r["arm"] == arm):
-      if run["false_negative_series"]:
-        steps, share = zip(*run["false_negative_series"])
-        right.plot(steps, share, color=colours[k % len(colours)], alpha=0.8,
-                   label=arm if n == 0 else None)
-        plotted = True
-  chance = study.get("false_negative_chance")
-  if chance is not None:
-    right.axhline(chance, color="grey", linestyle="--", label="chance (uniform draws)")
-  if study["runs"]:
-    right.axvline(study["runs"][0]["anneal_end_step"], color="grey", linestyle=":",
-                  label="end of annealing")
-  right.set_xlabel("training step")
-  right.set_ylabel("false-negative share")
-  right.set_title("ring and ball arms: share of negatives with the anchor's class", fontsize=9)
-  if not plotted:
-    right.text(0.5, 0.5, "false_negative_share not logged by these runs",
-               transform=right.transAxes, ha="center", va="center")
-  right.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------
 # Driver.
 # ----------------------------------------------------------------------------------------------
-
-def git_commit():
-  if os.environ.get("STUDY_COMMIT"):
-    return os.environ["STUDY_COMMIT"]
-  try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                         text=True, timeout=10)
-    if out.returncode:
-      return None
-    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                            capture_output=True, text=True, timeout=10).stdout.splitlines()
-    # The study's own outputs under experiments/results/ (rewritten as it runs) are no change
-    # to the code it ran.
-    dirty = [line for line in status if not line[3:].startswith("experiments/results/")]
-    return out.stdout.strip() + ("+dirty" if dirty else "")
-  except (OSError, subprocess.SubprocessError):
-    return None
-
 
 def false_negative_chance(c):
   """P(another training image has the anchor's class), anchor and other drawn uniformly."""
@@ -645,7 +230,7 @@ class Study:
   def __init__(self, args, plans, shared, differences):
     self.args, self.plans = args, plans
     self.shared, self.differences = shared, differences
-    self.old = read_json(args.out, {}) or {}
+    self.old = common.read_json(args.out, {}) or {}
     self.runs = {}
     self.failed = {}
     self.chance = self.old.get("false_negative_chance")
@@ -700,11 +285,11 @@ class Study:
         "runs": runs, "arms": arm_summaries(runs), "paired": paired(runs),
         "failed": [self.failed[k] for k in sorted(self.failed, key=order.get)],
         "superseded": self.superseded,
-        "commit": git_commit(), "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "commit": common.git_commit(), "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": {"host": socket.gethostname(), "platform": platform.platform(),
                     "cpu_count": os.cpu_count(), "max_parallel": self.args.max_parallel},
     }
-    write_json_atomic(self.args.out, study)
+    common.write_json(self.args.out, study)
     if runs and self.args.plot != "-":
       try:
         plot(study, self.args.plot)
@@ -728,10 +313,10 @@ def launch(plan):
 
 def add_seconds(workdir, seconds):
   path = os.path.join(workdir, SIDECAR)
-  sidecar = read_json(path, {}) or {}
+  sidecar = common.read_json(path, {}) or {}
   sidecar["process_seconds"] = sidecar.get("process_seconds", 0.0) + seconds
-  sidecar["commit"] = git_commit()
-  write_json_atomic(path, sidecar)
+  sidecar["commit"] = common.git_commit()
+  common.write_json(path, sidecar)
 
 
 def log_tail(workdir, chars=2000):
@@ -795,7 +380,7 @@ def parse_args(argv):
   if args.epochs is None and not args.quick:
     args.epochs = DEFAULT_EPOCHS[args.dataset]
   name = "quick" if args.quick else args.dataset
-  args.out = args.out or os.path.join(RESULTS, f"negatives_study_{name}.json")
+  args.out = args.out or os.path.join(common.RESULTS, f"negatives_study_{name}.json")
   if args.plot is None:
     args.plot = os.path.splitext(args.out)[0] + ".png"
   args.workdir_root = os.path.abspath(
@@ -810,7 +395,7 @@ def parse_args(argv):
 def main(argv=None):
   args = parse_args(argv)
   if args.table:
-    study = read_json(args.out)
+    study = common.read_json(args.out)
     if not study:
       raise SystemExit(f"--table: no study JSON at {args.out}")
     print(table(study))
@@ -830,7 +415,7 @@ def main(argv=None):
     for seed in args.seeds:
       c, _ = arm_plan(arm, args.dataset, values)
       c.seed = seed
-      workdir = os.path.join(args.workdir_root, run_name(c, arm))
+      workdir = os.path.join(args.workdir_root, run_name(arm, seed))
       plans[(arm, seed)] = {"arm": arm, "seed": seed, "config": c, "workdir": workdir,
                             "digest": config_digest(c), "parallel": args.max_parallel,
                             "command": command(config_file, args.dataset, flags, seed, workdir)}

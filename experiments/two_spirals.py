@@ -39,7 +39,6 @@ All (eta, seed) runs train together under jax.vmap.
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
@@ -48,10 +47,10 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mi_contrast import bounds  # noqa: E402  (path set above so the script runs from anywhere)
+import common  # experiments/ is this script's folder; common puts the repository on sys.path
+from mi_contrast import bounds
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+RESULTS = common.RESULTS
 ETAS = (0.0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0)
 TAU = 0.07
 NUM_NEGATIVES = 4096

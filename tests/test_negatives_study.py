@@ -1,15 +1,20 @@
 """experiments/negatives_study.py: --quick on two arms, one seed, a tiny budget; the JSON's
 layout and records, the PNG, and later calls that read the finished runs (from their workdirs,
-then, with the workdirs gone, from the JSON's records) instead of training them again. Plumbing only, not the science."""
+then, with the workdirs gone, from the JSON's records) instead of training them again.
+Plumbing only, not the science. And the arms (study_arms.py) and tables (study_analysis.py)
+without training."""
 
 import json
 import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO, child_xla_flags, no_tensorflow
 
-SCRIPT = os.path.join(REPO, "experiments", "negatives_study.py")
+EXPERIMENTS = os.path.join(REPO, "experiments")
+SCRIPT = os.path.join(EXPERIMENTS, "negatives_study.py")
 RUN_FIELDS = ("method", "negatives", "seed", "dataset", "num_train", "steps", "epochs",
               "linear_top1", "knn_top1", "fewshot_10", "false_negative_share", "wall_seconds",
               "commit", "bound_nats", "log_k_plus_1", "false_negative_chance")
@@ -156,13 +161,19 @@ def test_variant_arm_flags_and_differences(tmp_path):
     assert proc.returncode != 0 and "--variant" in proc.stderr, (bad, proc.stderr[-500:])
 
 
+def _analysis():
+  """experiments/study_analysis.py, imported as the scripts import it (experiments/ on the
+  path)."""
+  if EXPERIMENTS not in sys.path:
+    sys.path.insert(0, EXPERIMENTS)
+  import study_analysis
+  return study_analysis
+
+
 def test_paired_differences_of_a_variant():
   """paired(): ring minus uniform per method, and a variant minus its method's uniform arm,
   on the seeds both have; the standard error is std / sqrt(n)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("negatives_study_t", SCRIPT)
-  study = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(study)
+  study = _analysis()
 
   def run(arm, negatives, seed, linear):
     return {"arm": arm, "method": "ir", "negatives": negatives, "seed": seed,
@@ -197,14 +208,12 @@ def test_start_window_starts_nothing_late(tmp_path):
 def test_table_of_a_study(tmp_path):
   """--table prints the JSON's arms (mean ± std, in the study's arm order) and paired
   differences (mean ± standard error, seeds with a positive difference), running nothing."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("negatives_study_t2", SCRIPT)
-  study = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(study)
+  study = _analysis()
+  import study_arms
 
   def run(arm, negatives, seed, linear, share):
     return {"arm": arm, "method": "ir", "negatives": negatives, "seed": seed,
-            "config": study.arm_file(arm), "steps": 10, "epochs": 1, "wall_seconds": 120.0,
+            "config": study_arms.arm_file(arm), "steps": 10, "epochs": 1, "wall_seconds": 120.0,
             "linear_top1": linear, "knn_top1": 0.5, "fewshot_10": None, "bound_nats": 1.0,
             "log_k_plus_1": 2.0, "false_negative_share": share}
 
@@ -230,3 +239,54 @@ def test_table_of_a_study(tmp_path):
   missing = subprocess.run([sys.executable, SCRIPT, "--table", f"--out={tmp_path / 'no.json'}"],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
   assert missing.returncode != 0 and "no study JSON" in missing.stderr
+
+
+def test_an_arm_of_its_own_fields(monkeypatch):
+  """An arm that is a config file plus arm fields of its own (one ARMS entry): its flags, its
+  workdir name, its paired label; a field of its own that is shared is refused."""
+  _analysis()
+  import study_arms
+  monkeypatch.setitem(study_arms.ARMS, "ir_nce_arm",
+                      study_arms.Arm("configs/ir.py", fields={"bound": "nce"},
+                                     compare_to="ir_uniform"))
+  values = study_arms.study_values("digits", True, 1, None, [])
+  c, flags = study_arms.arm_plan("ir_nce_arm", "digits", values)
+  uniform, uniform_flags = study_arms.arm_plan("ir_uniform", "digits", values)
+  assert c.bound == "nce" and uniform.bound == "infonce"
+  assert flags == uniform_flags + ["--config.bound=nce"]
+  assert list(study_arms.arm_differences({"ir_uniform": uniform, "ir_nce_arm": c})) == ["bound"]
+  assert study_arms.config_digest(c) != study_arms.config_digest(uniform)
+  assert study_arms.run_name("ir_nce_arm", 1) == "ir_nce_arm_s1"
+  runs = [{"arm": arm, "method": "ir", "negatives": "uniform", "seed": 1,
+           "linear_top1": 0.8 + 0.01 * i} for i, arm in enumerate(("ir_uniform", "ir_nce_arm"))]
+  (pair,) = _analysis().paired(runs)
+  assert pair["label"] == "ir_nce_arm - ir_uniform" and pair["b"] == "uniform"
+  assert abs(pair["linear_top1"]["mean"] - 0.01) < 1e-12
+  monkeypatch.setitem(study_arms.ARMS, "ir_hot", study_arms.Arm("configs/ir.py",
+                                                                 fields={"temperature": 0.2}))
+  with pytest.raises(SystemExit, match="ir_hot: \\['temperature'\\] are shared fields"):
+    study_arms.arm_plan("ir_hot", "digits", values)
+
+
+def test_table_columns_of_other_bounds():
+  """The arm table gains `bound` when the arms' bounds differ (a record without one is
+  InfoNCE's) and `clamped fraction` when a run has one; without them it is the old table."""
+  study = _analysis()
+
+  def run(arm, seed, linear, **extra):
+    return {"arm": arm, "method": "ir", "negatives": "uniform", "seed": seed, "config": "x",
+            "steps": 10, "epochs": 1, "wall_seconds": 60.0, "linear_top1": linear,
+            "knn_top1": 0.5, "fewshot_10": 0.4, "bound_nats": 1.0, "log_k_plus_1": 2.0,
+            "false_negative_share": 0.1, **extra}
+
+  old = [run("ir_uniform", 1, 0.80), run("ir_uniform", 2, 0.82)]
+  new = old + [run("ir_dcl", 1, 0.81, bound="dcl", clamped_fraction=0.25),
+               run("ir_dcl", 2, 0.85, bound="dcl", clamped_fraction=0.35)]
+  plain = study.table({"runs": old, "arms": study.arm_summaries(old), "paired": []})
+  assert plain.splitlines()[0].startswith("| arm | seeds | linear |")
+  text = study.table({"runs": new, "arms": study.arm_summaries(new), "paired": []})
+  lines = text.splitlines()
+  assert lines[0].startswith("| arm | seeds | bound | clamped fraction | linear |")
+  assert lines[1].count("|") == lines[0].count("|")
+  assert lines[2].startswith("| ir_uniform | 1,2 | infonce | - | 0.810 ± ")
+  assert lines[3].startswith("| ir_dcl | 1,2 | dcl | 0.300 | 0.830 ± ")
