@@ -25,7 +25,7 @@ under jax.vmap.
 Estimators (per example, averaged over the batch):
   infonce       bounds.infonce, cap log(K + 1).
   ring          bounds.infonce with a mask keeping the negatives whose critic-score quantile
-                within the row lies in [0.5, 0.95] (the method specification's SimCLR ring:
+                within the row lies in [0.5, 0.95] (the SimCLR ring of docs/method.md, "SimCLR":
                 rho_out = 0.5, rho_in = 0.1); trained and evaluated with that bound. The
                 InfoNCE value of every critic is recorded too, so the ring can be compared with
                 InfoNCE on the same critic.

@@ -1,10 +1,10 @@
 """Evaluation of a run on disk: python -m mi_contrast.evaluate --workdir=<run>
 
 Restores the newest checkpoint of <run> (its configuration is <run>/config.json), evaluates the
-network it holds with the protocol of method-spec.md section 6, as the trainer does at the end
-of a run (weighted kNN and 1-NN against the training set's features, the linear probe on frozen
-backbone features; for in-memory data also the weighted kNN on raw pixels and the few-shot
-linear probes of the network, the untrained network and raw pixels), and writes
+network it holds with the protocol of docs/method.md, "Evaluation protocol", as the trainer
+does at the end of a run (weighted kNN and 1-NN against the training set's features, the linear
+probe on frozen backbone features; for in-memory data also the weighted kNN on raw pixels and
+the few-shot linear probes of the network, the untrained network and raw pixels), and writes
 <run>/evaluation.json. A run that is still training or was stopped is evaluated at its newest
 checkpoint; the file says which step that is.
 

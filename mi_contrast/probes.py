@@ -2,7 +2,7 @@
 few-shot probes; and the protocol that applies them to a run's network, its untrained
 initialisation and raw pixels.
 
-Protocols (method-spec.md section 6):
+Protocols (docs/method.md, "Evaluation protocol"):
 - kNN monitor (Wu et al. 2018): weighted kNN on L2-normalised embeddings, k neighbours from the
   training set, each voting exp(s / tau) for its class (k = 200, tau = 0.07); and 1-NN.
 - Linear probe: frozen backbone features h, standardised with the training statistics, a
@@ -431,7 +431,7 @@ def fewshot_table(networks):
 
 
 # ----------------------------------------------------------------------------------------------
-# The protocol applied to a run's network (method-spec.md section 6).
+# The protocol applied to a run's network (docs/method.md, "Evaluation protocol").
 # ----------------------------------------------------------------------------------------------
 
 # The few-shot draws' seed: fixed, so every network and every run of a dataset is probed on the
