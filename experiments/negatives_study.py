@@ -149,12 +149,10 @@ def recorded_run(old_study, plan):
 
 
 def optional_fields(c, metrics):
-  """What only some arms have, so absent from the records of the others (and of the study's
-  first arms): `bound` when it is not InfoNCE, and the last logged clamped fraction of a
-  debiased bound (study_analysis.CLAMPED). The tables show a column for each when present."""
-  out = {}
-  if c.bound != study_analysis.DEFAULT_BOUND:
-    out["bound"] = c.bound
+  """The objective of the run (`bound`, `tau_plus`, `hcl_beta`: the records of the study's first
+  runs lack them, and count as InfoNCE), and the last logged clamped fraction of a debiased
+  bound (study_analysis.CLAMPED). The tables show a column for each when it varies."""
+  out = {"bound": c.bound, "tau_plus": c.tau_plus, "hcl_beta": c.hcl_beta}
   clamped = [r[study_analysis.CLAMPED] for r in metrics
              if _finite(r.get(study_analysis.CLAMPED)) is not None]
   if clamped:

@@ -190,7 +190,8 @@ class Preemption:
 RUN_DEFINING_FIELDS = ("dataset", "model", "width", "stem", "head_hidden", "embedding_dim",
                        "method", "negatives", "num_negatives", "global_batch_size", "seed",
                        "split_seed", "test_fraction", "eval_split", "validation_fraction",
-                       "image_size", "views", "num_views", "bound", "ir", "cmc", "la", "bank")
+                       "image_size", "views", "num_views", "bound", "tau_plus", "hcl_beta",
+                       "ir", "cmc", "la", "bank")
 
 
 def check_resume_config(workdir, config, bank_rows):

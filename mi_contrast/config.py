@@ -61,10 +61,12 @@ def _data_and_encoder_fields(c):
 
 def _method_fields(c):
   """base_config: the objective, every method's own fields and the memory bank."""
-  # Method: which pool, which negatives, which bound (see method-spec.md).
+  # Method: which pool, which negatives, which bound (see docs/method.md, "Methods").
   c.method = "ir"              # a name of methods.REGISTRY: ir | la | cmc | moco | simclr
   c.negatives = "uniform"      # uniform | ball | ring
-  c.bound = "infonce"          # infonce | nce (IR's original binary NCE)
+  c.bound = "infonce"          # infonce | nce (IR's original binary NCE) | dcl | hcl
+  c.tau_plus = 0.1             # dcl, hcl: class prior of a false negative, in [0, 1)
+  c.hcl_beta = 0.2             # hcl: tilt exp(beta * score) of scores already divided by T
   c.num_negatives = 1024       # K: negatives per anchor (the cap is log(K + 1))
   c.temperature = 0.07
   c.views = "digits"           # views.RECIPES name for every view, or 'name1,name2' per view
@@ -158,7 +160,7 @@ def apply_preset(c, preset):
     return c
   if preset == "fashion_mnist":
     return _fashion_mnist_preset(c)
-  # Reference hyper-parameters for CIFAR / STL (method-spec.md section 7).
+  # Reference hyper-parameters for CIFAR / STL (docs/method.md, "Reference hyper-parameters").
   c.model = "resnet18"
   c.stem = "imagenet" if preset == "imagenet2012" else "cifar"
   c.head_hidden = 512
@@ -185,8 +187,8 @@ def apply_preset(c, preset):
 
 
 def _batch_and_probe_fields(c):
-  """The reference batch, LA background and probes (method-spec.md section 7), shared by the
-  fashion_mnist and CIFAR / STL / ImageNet presets."""
+  """The reference batch, LA background and probes (docs/method.md, "Reference
+  hyper-parameters"), shared by the fashion_mnist and CIFAR / STL / ImageNet presets."""
   c.global_batch_size = 256
   c.knn_k = 200
   c.probe_epochs = 100
@@ -279,7 +281,9 @@ def upgrade_saved(saved):
 
 CMC_WIDTHS = ("full", "half")
 NEGATIVES = ("uniform", "ball", "ring")
-BOUNDS = ("infonce", "nce")
+BOUNDS = ("infonce", "nce", "dcl", "hcl")
+# Methods whose objective is InfoNCE over drawn or in-batch negatives: they accept dcl and hcl.
+DEBIASED_METHODS = ("ir", "moco", "simclr", "cmc")
 MODELS = ("resnet_digits", "resnet18", "resnet50")
 STEMS = ("cifar", "imagenet")
 LR_SCHEDULES = ("cosine", "step", "constant")
@@ -388,6 +392,15 @@ def _check_objective(config, num_train):
           f"at most the memory bank's size ({num_train} training images)")
   if candidates and num_train is not None and candidates > num_train:
     _fail("bank.candidates", candidates, f"0 (exact band) or 1..{num_train} (bank rows)")
+  _number(config, "tau_plus", 0.0, 1.0, high_open=True)
+  _number(config, "hcl_beta", 0.0, None)
+  if config.bound in ("dcl", "hcl"):
+    if config.method not in DEBIASED_METHODS:
+      _fail("bound", config.bound, f"infonce for method {config.method!r} (dcl and hcl replace "
+            f"InfoNCE's negative term: methods {', '.join(DEBIASED_METHODS)})")
+    if config.method == "ir" and config.ir.neighbour_views:
+      _fail("bound", config.bound, "infonce with config.ir.neighbour_views (its objective is "
+            "not InfoNCE)")
   if config.bound == "nce" and config.negatives != "uniform":
     _fail("bound", config.bound, "infonce with ball or ring negatives (IR's NCE assumes uniform "
           "noise 1/N; set config.negatives = 'uniform' to use it)")

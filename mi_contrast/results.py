@@ -29,9 +29,19 @@ def params_digest(params):
   return digest.hexdigest(), math.sqrt(total)
 
 
+# Fields a run reads only with some bounds: left out of the digest when the run does not read
+# them, so that the digest of an InfoNCE run is what it was before these fields existed.
+_BOUND_FIELDS = {"tau_plus": ("dcl", "hcl"), "hcl_beta": ("hcl",)}
+
+
 def config_digest(config):
-  """sha256 of the whole config (sorted JSON): results.json's `config_sha256`."""
-  text = json.dumps(json.loads(config.to_json()), sort_keys=True)
+  """sha256 of the whole config (sorted JSON): results.json's `config_sha256`. Fields the run
+  does not read (tau_plus and hcl_beta unless its bound uses them) are left out."""
+  fields = json.loads(config.to_json())
+  for field, bounds in _BOUND_FIELDS.items():
+    if fields.get("bound") not in bounds:
+      fields.pop(field, None)
+  text = json.dumps(fields, sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -73,7 +83,8 @@ def results_record(run, state, probed, training, start_time):
   negatives, pool = methods.describe_negatives(config)
   return {
       "method": config.method, "negatives": negatives, "negative_pool": pool,
-      "bound": config.bound, "objective": methods.describe_objective(config),
+      "bound": config.bound, "tau_plus": config.tau_plus, "hcl_beta": config.hcl_beta,
+      "objective": methods.describe_objective(config),
       "dataset": config.dataset,
       "eval_split": config.eval_split,   # 'validation': the probes' split came from training
       "knn_top1": final["knn_top1"], "nn1_top1": final["nn1_top1"],
@@ -84,6 +95,7 @@ def results_record(run, state, probed, training, start_time):
       "random_init_linear_top1": random_init["linear_top1"],
       "fewshot": fewshot,
       "bound_nats": last["bound_nats"], "log_k_plus_1": last["log_k_plus_1"],
+      "clamped_fraction": last.get("clamped_fraction"),    # dcl, hcl; None otherwise
       "loss": last["loss"],
       "band_start": training["band_start"] if banded else None,
       "band_end": final_band if banded else None,

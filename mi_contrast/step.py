@@ -215,4 +215,7 @@ def _metrics(run, step, loss, out, band, outer):
   }
   if run.config.negatives != "uniform":
     metrics.update(band_lower=band.lower, band_upper=band.upper, ring_outer=outer)
+  if out.clamped is not None:      # dcl, hcl: the share of anchors whose Ng is clamped
+    metrics["clamped_fraction"] = jax.lax.pmean(
+        jnp.mean(out.clamped.astype(jnp.float32)), AXIS)
   return metrics

@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mi_contrast import bounds
 from mi_contrast import checks
 
 
@@ -61,12 +62,30 @@ class Objective(NamedTuple):
   aux: method-specific pytree (unused by the trainer).
   drawn: DrawnNegatives of those anchors, or None (a method that does not report them: no
     false-negative diagnostic).
+  clamped: [n] for the dcl and hcl bounds: 1 (or True) where the anchor's corrected negative
+    term is clamped (its negatives get no gradient), the share of its terms for an anchor with
+    several positives; None otherwise.
   """
   value: jax.Array
   bound: jax.Array
   cap: jax.Array
   aux: Any = None
   drawn: Any = None
+  clamped: Any = None
+
+
+def contrastive_value(config, pos, neg, keep=None):
+  """(value, bound, clamped) of an InfoNCE-shaped objective: pos [n], neg [n, K], keep: an
+  optional bool mask of neg. value is what config.bound trains ('infonce', 'dcl', 'hcl');
+  bound is always InfoNCE of the same scores, so the MI column stays comparable across
+  objectives; clamped: bool [n] for dcl and hcl, else None."""
+  bound = bounds.infonce(pos, neg, keep)
+  if config.bound not in ("dcl", "hcl"):
+    return bound, bound, None
+  beta = config.hcl_beta if config.bound == "hcl" else 0.0
+  args = dict(beta=beta, tau_plus=config.tau_plus, temperature=config.temperature,
+              neg_mask=keep)
+  return bounds.hcl(pos, neg, **args), bound, bounds.hcl_clamped(pos, neg, **args)
 
 
 def pad_drawn(drawn, width):

@@ -63,7 +63,9 @@ def objective(config, z, indices, state, rng, band, targets=None):
                               band, log_z(z_ab, state["bank_l"]))
   value, bound, cap = (jnp.concatenate([a, b]) for a, b in zip(l_to_ab[:3], ab_to_l[:3]))
   drawn = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), l_to_ab.drawn, ab_to_l.drawn)
-  return Objective(value=2.0 * value, bound=bound, cap=cap, drawn=drawn)
+  clamped = (None if l_to_ab.clamped is None
+             else jnp.concatenate([l_to_ab.clamped, ab_to_l.clamped]))
+  return Objective(value=2.0 * value, bound=bound, cap=cap, drawn=drawn, clamped=clamped)
 
 
 def update_state(config, state, all_indices, all_z, targets=None):

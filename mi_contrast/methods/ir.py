@@ -176,14 +176,12 @@ def bank_objective(config, z, rows, anchor_ids, bank, rng, band, log_z=None):
   config.bound = 'nce' needs log_z, the log partition estimate (partition_estimate).
   """
   pos, neg, neg_rows = bank_scores(config, z, rows, anchor_ids, bank, rng, band)
-  infonce = bounds.infonce(pos, neg)
+  value, infonce, clamped = base.contrastive_value(config, pos, neg)
   if config.bound == "nce":
     value = bounds.nce(pos, neg, log_z, bank.shape[0])
-  else:
-    value = infonce
   cap = jnp.full_like(pos, math.log(config.num_negatives + 1))
   return Objective(value=value, bound=infonce, cap=cap,
-                   drawn=base.DrawnNegatives(anchors=rows, rows=neg_rows))
+                   drawn=base.DrawnNegatives(anchors=rows, rows=neg_rows), clamped=clamped)
 
 
 def neighbour_view_objective(config, z, rows, bank, band):

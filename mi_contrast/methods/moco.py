@@ -155,11 +155,12 @@ def objective(config, z, indices, state, rng, band, targets):
   keep = None
   if config.negatives != "uniform":
     keep = negatives_lib.ring_mask(jax.lax.stop_gradient(neg), band.lower, band.upper)
-  value = bounds.infonce(pos, neg, keep)
+  value, bound, clamped = base.contrastive_value(config, pos, neg, keep)
   drawn = None
   if "queue_ids" in state and indices is not None:
     drawn = base.DrawnNegatives(anchors=indices, rows=state["queue_ids"], keep=keep)
-  return Objective(value=value, bound=value, cap=bounds.infonce_cap(neg, keep), drawn=drawn)
+  return Objective(value=value, bound=bound, cap=bounds.infonce_cap(neg, keep), drawn=drawn,
+                   clamped=clamped)
 
 
 def update_state(config, state, all_indices, all_z, targets):

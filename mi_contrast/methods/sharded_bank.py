@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mi_contrast import bounds
 from mi_contrast import memory
 from mi_contrast import negatives as negatives_lib
+from mi_contrast.methods import base
 from mi_contrast.methods.base import DrawnNegatives, Objective
 from mi_contrast.mesh import AXIS
 
@@ -92,11 +92,11 @@ def ir_objective(config, z, indices, state, rng, band):
   # Row block j of neg_all (device j's anchors) goes to device j, next to the other shards'.
   to_anchors = lambda x: jax.lax.all_to_all(x, AXIS, 0, 1, tiled=True)[:, :k]   # [b, K]
   neg = to_anchors(neg_all)
-  value = bounds.infonce(pos, neg)
+  value, bound, clamped = base.contrastive_value(config, pos, neg)
   drawn = DrawnNegatives(anchors=indices,
                          rows=to_anchors(_dataset_rows(state, rows, shard_rows)))
-  return Objective(value=value, bound=value, cap=jnp.full_like(pos, math.log(k + 1)),
-                   drawn=drawn)
+  return Objective(value=value, bound=bound, cap=jnp.full_like(pos, math.log(k + 1)),
+                   drawn=drawn, clamped=clamped)
 
 
 def _dataset_rows(state, local, shard_rows):

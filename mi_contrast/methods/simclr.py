@@ -70,8 +70,13 @@ def objective(config, z, indices, state, rng, band, targets=None):
                                 jnp.arange(num_views - 1) + 1) for v in range(num_views)])
   pos_cols = others[view] * batch + image[:, None]                 # [V*b, V-1]
   pos = jnp.take_along_axis(scores, pos_cols, axis=1)
-  value = jnp.mean(jax.vmap(bounds.infonce, in_axes=(1, None, None))(pos, scores, keep), axis=0)
-  return Objective(value=value, bound=value, cap=bounds.infonce_cap(scores, keep),
+  per_positive = jax.vmap(lambda p: base.contrastive_value(config, p, scores, keep))
+  value, bound, clamped = per_positive(jnp.moveaxis(pos, 1, 0))      # [V-1, V*b] each
+  value, bound = jnp.mean(value, axis=0), jnp.mean(bound, axis=0)
+  if clamped is not None:                          # the share of the anchor's terms clamped
+    clamped = jnp.mean(clamped.astype(jnp.float32), axis=0)
+  return Objective(value=value, bound=bound, cap=bounds.infonce_cap(scores, keep),
+                   clamped=clamped,
                    drawn=_drawn(indices, num_views, keep))
 
 
