@@ -26,7 +26,7 @@ TRAIN_REQUIRES = [
 ]
 TF_REQUIRES = ["tensorflow-cpu>=2.19,<2.22", "tensorboard>=2.19,<2.22"]
 TEST_REQUIRES = ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100",
-                 "scikit-image>=0.24"] + TF_REQUIRES
+                 "scikit-image>=0.24", "ruff>=0.6"] + TF_REQUIRES
 # PyTorch (CPU wheel) for tests/test_torch_export.py and export's .pt/.pth output; never a
 # dependency of the package itself.
 TORCH_REQUIRES = ["torch==2.13.0"]

@@ -30,7 +30,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mi_contrast import negatives  # pylint: disable=wrong-import-position
+from mi_contrast import negatives  # noqa: E402  (the repository is on sys.path now)
 
 TEMPERATURE = 0.07
 

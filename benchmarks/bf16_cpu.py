@@ -11,7 +11,8 @@ calls after a compile and a warm-up call:
   conv_fwd      the width-16 ResNet's 3x3 convolution at the preset's view size: batch x size x
                 size x width -> width channels, NHWC (GFLOP/s)
   conv_bwd      its backward (input and weight gradients)
-  backbone      the project's digits encoder (models.build_encoder, width 16) forward and backward on
+  backbone      the project's digits encoder (models.build_encoder, width 16) forward and
+                backward on
                 batch x size x size x 1 views with a trivial loss, as benchmarks/step_overhead.py
                 times it: parameters float32, computation in config.compute_dtype
 The ratio bf16 / f32 of each (below 1: bfloat16 is faster) says where bfloat16 helps or hurts.
@@ -30,7 +31,8 @@ import time
 ROUTES = {
     "default": "",
     "onednn": "--xla_cpu_use_onednn=true",
-    "onednn_custom_call": "--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true",
+    "onednn_custom_call": ("--xla_cpu_use_onednn=true "
+                           "--xla_cpu_experimental_onednn_custom_call=true"),
     "xnnpack": "--xla_cpu_use_xnnpack=true",
 }
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bf16_cpu.json")

@@ -46,7 +46,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mi_contrast import negatives  # pylint: disable=wrong-import-position
+from mi_contrast import negatives  # noqa: E402
 
 TEMPERATURE = 0.07
 CASES = ("ir_ring", "ir_ring_sampled", "moco_ring", "ir_uniform")
@@ -55,7 +55,7 @@ CASES = ("ir_ring", "ir_ring_sampled", "moco_ring", "ir_uniform")
 def load_torch_reference(path):
   """Imports the reference module by path; None (with a message) if torch is missing."""
   try:
-    import torch  # pylint: disable=import-outside-toplevel,unused-import
+    import torch  # noqa: F401
   except ImportError:
     print("torch is not installed: skipping the torch side (pip install torch==2.13.0).")
     return None

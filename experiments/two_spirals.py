@@ -194,7 +194,7 @@ def main():
     losses.append(loss)
     done += n
     print(f'step {done}/{args.steps}  {time.time() - start:.0f}s  bound (nats) by eta: ' +
-          ' '.join(f'{e:g}:{-l:.2f}' for e, l in zip(args.etas, loss[:, -50:].mean(1).reshape(
+          ' '.join(f'{e:g}:{-v:.2f}' for e, v in zip(args.etas, loss[:, -50:].mean(1).reshape(
               len(args.etas), args.seeds).mean(1))), flush=True)
   losses = np.concatenate(losses, axis=1)
   train_seconds = time.time() - start

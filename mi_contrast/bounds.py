@@ -477,8 +477,7 @@ def interpolated_infonce(pos: ArrayLike, neg: ArrayLike, alpha: ArrayLike,
     >>> bool(jnp.allclose(bounds.interpolated_infonce(pos, neg, 0.0), bounds.nwj(pos, neg)))
     True
 
-  Source: Poole et al. (2019) and the accompanying reference code
-  (``interpolated_lower_bound``).
+  Source: Poole et al. (2019) and their reference code (``interpolated_lower_bound``).
   """
   fn = "interpolated_infonce"
   pos, neg, neg_mask = _pos_neg(fn, pos, neg, neg_mask)

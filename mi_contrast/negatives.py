@@ -810,6 +810,16 @@ def band_negatives(rng: ArrayLike, anchors: ArrayLike, pool: ArrayLike, lower: A
     >>> bool(jnp.all(own != jnp.arange(4)[:, None]))          # never the anchor's own row
     True
   """
+  num, candidates = _check_band_negatives(rng, anchors, pool, lower, upper, num, temperature,
+                                          candidates, anchor_ids, exclude_rows, pool_rows)
+  return _band_negatives(rng, anchors, pool, lower, upper, num, temperature=temperature,
+                         candidates=candidates, anchor_ids=anchor_ids,
+                         exclude_rows=exclude_rows, pool_rows=pool_rows)
+
+
+def _check_band_negatives(rng, anchors, pool, lower, upper, num, temperature, candidates,
+                          anchor_ids, exclude_rows, pool_rows):
+  """band_negatives' contracts; returns (num, candidates) as Python ints (or None)."""
   fn = "band_negatives"
   _c.prng_key(fn, "rng", rng)
   _c.floating(fn, "anchors", anchors)
@@ -835,9 +845,7 @@ def band_negatives(rng: ArrayLike, anchors: ArrayLike, pool: ArrayLike, lower: A
                          f"{tuple(jnp.shape(ids))}")
   if pool_rows is not None:
     _c.number_in(fn, "pool_rows", pool_rows, 1, p)
-  return _band_negatives(rng, anchors, pool, lower, upper, num, temperature=temperature,
-                         candidates=candidates, anchor_ids=anchor_ids,
-                         exclude_rows=exclude_rows, pool_rows=pool_rows)
+  return num, candidates
 
 
 @functools.partial(jax.jit, static_argnames=("num", "candidates"))

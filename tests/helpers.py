@@ -1,6 +1,6 @@
-"""Helpers shared by the test modules: a tiny config, one train step on a mesh, and the
-1-vs-8-device comparison that separates the continuous part of a step from its discrete choice
-of negatives.
+"""Helpers shared by the test modules: a tiny config, one train step on a mesh, mocked tfds
+datasets, and the 1-vs-8-device comparison that separates the continuous part of a step from its
+discrete choice of negatives.
 
 Why the separation: one device and eight compute the encoder's outputs with different
 reduction orders (BatchNorm's global mean is a pmean of eight partial means), so embeddings
@@ -96,6 +96,25 @@ def checkpoint_steps(workdir):
   return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
+@contextlib.contextmanager
+def mocked_tfds(monkeypatch, num_examples):
+  """tfds datasets on mocked data (tfds.testing.mock_data: random examples of each dataset's
+  features), declared prepared and with downloads refused, so that the trainer takes the same
+  path as for a dataset on disk. tensorflow_datasets is imported on the call, not when the
+  module loads (most test modules never need it)."""
+  import tensorflow_datasets as tfds
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
+  with tfds.testing.mock_data(num_examples=num_examples):
+    yield
+
+
+def no_network(self, *args, **kwargs):
+  """A stand-in for tfds.core.DatasetBuilder.download_and_prepare that fails the test."""
+  del args, kwargs
+  raise AssertionError(f"{self.name}: download_and_prepare was called with downloads off")
+
+
 def build_step(config, devices):
   """(train state placed on the mesh, the train step, device images, model, data) for one
   step of `config` on a mesh of `devices`, built as the trainer builds them (run.build_run); a
@@ -173,7 +192,7 @@ def _device():
 
 def _retrace():
   """The jitted functions of negatives that call _select retrace through the patched one."""
-  for fn in (negatives_lib._band_membership, negatives_lib.band_negatives):
+  for fn in (negatives_lib._band_membership, negatives_lib._band_negatives):
     fn.clear_cache()
 
 

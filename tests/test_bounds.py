@@ -176,6 +176,7 @@ def test_inputs_are_cast_to_float32():
     assert value.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_jit_and_vmap_agree_with_eager():
   pos = _random(8, (2, 3)).astype(np.float32)
   neg = _random(9, (2, 3, 6)).astype(np.float32)
@@ -278,6 +279,7 @@ def test_nce_large_score_limits():
   np.testing.assert_allclose(float(v), -(1e3 - np.log(4 / 100)), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_loss_decreases_under_gradient_steps():
   # Every bound is a usable objective: a few gradient steps on the scores raise its value.
   rng = np.random.default_rng(11)

@@ -14,6 +14,8 @@ from mi_contrast import train
 from helpers import checkpoint_steps as _checkpoint_steps
 from helpers import tiny_config
 
+pytestmark = pytest.mark.slow   # every test trains or resumes a run
+
 
 def _ring_config():
   return tiny_config("ring", num_epochs=1, checkpoint_every_steps=3, keep_checkpoints=3)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mi_contrast import memory
 from mi_contrast import methods
@@ -17,6 +18,7 @@ def _config(negatives="uniform", **overrides):
   return tiny_config(negatives, method="cmc", **overrides)
 
 
+@pytest.mark.slow
 def test_lab_encoder_streams():
   config = _config(**{"cmc.width": "half"})
   model = models.build_encoder(config, (0.5,), (0.25,))
@@ -91,6 +93,7 @@ def test_update_writes_each_stream_to_its_own_bank():
   np.testing.assert_array_equal(new["bank_l"][0], state["bank_l"][0])
 
 
+@pytest.mark.slow
 def test_one_device_and_eight_devices_agree():
   # Ring: the band masks on top of everything the uniform step computes.
   config = _config("ring")
@@ -99,6 +102,7 @@ def test_one_device_and_eight_devices_agree():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_loss_decreases_under_a_few_gradient_steps():
   config = _dim(_config("ring"), 8)
   band = methods.Band(jnp.float32(0.3), jnp.float32(0.97))

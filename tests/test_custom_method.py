@@ -89,6 +89,7 @@ def test_register_checks_the_name_and_the_method(custom_method):
   assert "incomplete_test" not in methods.REGISTRY
 
 
+@pytest.mark.slow
 def test_a_registered_method_trains_and_reports_itself(custom_method, tmp_path):
   config = tiny_config("uniform", method=NAME, views="digits", num_epochs=1, probe_epochs=2)
   config_lib.validate(config, num_devices=1)

@@ -134,9 +134,13 @@ def test_config_validates_the_new_fields():
     bad = tiny_config("uniform", bound="hcl", **{field: value})
     with pytest.raises(ValueError, match=words):
       config_lib.validate(bad, num_devices=1, num_train=1000)
-  with pytest.raises(ValueError, match="config.bound"):
-    config_lib.validate(tiny_config("uniform", method="la", bound="dcl"), num_devices=1,
+  for method in ("moco", "simclr"):          # the debiased bounds replace InfoNCE there too
+    config_lib.validate(tiny_config("ring", method=method, bound="hcl"), num_devices=1,
                         num_train=1000)
+  for bad in (tiny_config("uniform", method="la", bound="dcl"),
+              tiny_config("ring", bound="dcl", **{"ir.neighbour_views": True})):
+    with pytest.raises(ValueError, match="bound 'infonce'|config.bound"):
+      config_lib.validate(bad, num_devices=1, num_train=1000)
 
 
 def test_digest_of_an_infonce_run_ignores_the_debiasing_fields():
@@ -161,6 +165,7 @@ def _on_one_device(fn, *args):
 @pytest.mark.parametrize("method, negatives", [("ir", "uniform"), ("ir", "ring"),
                                                ("moco", "ring"), ("simclr", "uniform"),
                                                ("cmc", "uniform")])
+@pytest.mark.slow
 def test_methods_train_the_chosen_objective_and_report_infonce(method, negatives):
   d, b, n = 8, 6, 40
   band = methods.Band(jnp.float32(0.5), jnp.float32(0.95))

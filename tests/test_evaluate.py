@@ -1,6 +1,7 @@
 """Evaluation protocols against independent implementations."""
 
 import numpy as np
+import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
@@ -16,6 +17,7 @@ def _digits_features():
   return flat(data.train_images), data.train_labels, flat(data.test_images), data.test_labels
 
 
+@pytest.mark.slow
 def test_linear_probe_agrees_with_sklearn_logistic_regression():
   train_x, train_y, test_x, test_y = _digits_features()
   c = config_lib.default_config()

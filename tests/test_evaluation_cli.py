@@ -17,6 +17,8 @@ from mi_contrast import evaluation_cli
 from mi_contrast import results as results_lib
 from mi_contrast import run as run_lib
 
+pytestmark = pytest.mark.slow   # every test reads a trained run (conftest.tiny_run)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

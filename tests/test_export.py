@@ -198,6 +198,7 @@ print(json.dumps([[name, str(value.dtype), list(value.shape)] for name, value in
 """
 
 
+@pytest.mark.slow
 def test_cli_exports_a_trained_run(trained_run, tmp_path):
   output = tmp_path / "backbone.pkl"
   proc = _cli(f"--workdir={trained_run}", "--format=torchvision", f"--output={output}")
@@ -230,6 +231,7 @@ def test_cli_exports_a_trained_run(trained_run, tmp_path):
   assert output.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_export_run_detectron2_and_overwrite(trained_run, tmp_path):
   output = str(tmp_path / "backbone_d2.pkl")
   info = export.export_run(str(trained_run), "detectron2", output)

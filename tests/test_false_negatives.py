@@ -79,6 +79,7 @@ def _clustered_bank(num_rows, num_classes, dim, noise, seed=0):
   return jnp.asarray(bank / np.linalg.norm(bank, axis=1, keepdims=True), jnp.float32), labels
 
 
+@pytest.mark.slow
 def test_uniform_draws_give_the_chance_share_and_a_class_ring_far_more():
   """10 balanced classes of 100 rows: a uniform draw from the other 999 rows is of the
   anchor's class with probability 99 / 999; a ring of the nearest rows of a bank clustered by
@@ -101,6 +102,7 @@ def test_uniform_draws_give_the_chance_share_and_a_class_ring_far_more():
   assert shares["ring"] > 0.9
 
 
+@pytest.mark.slow
 def test_sharded_bank_reports_the_rows_it_scored():
   """Eight shards: the value is InfoNCE of the positive and the drawn rows' scores, and the
   rows of column block s come from shard s (dataset rows through the slot permutation)."""
@@ -153,6 +155,7 @@ def _train(run, steps):
   return jax.device_get(state.params), logged
 
 
+@pytest.mark.slow
 def test_training_is_bit_identical_with_the_diagnostic_on_and_off():
   run = run_lib.build_run(_config())
   assert run.labels is not None and run.labels.shape == (run.plan.bank_rows,)
@@ -165,6 +168,7 @@ def test_training_is_bit_identical_with_the_diagnostic_on_and_off():
     assert 0.0 <= with_share["false_negative_share"] <= 1.0
 
 
+@pytest.mark.slow
 def test_no_labels_no_metric():
   """Unlabelled pretraining images (stl10's 'unlabelled' split; here digits given as
   pretraining images of their own), streaming data and a run without its dataset: no labels,
@@ -182,6 +186,7 @@ def test_no_labels_no_metric():
   assert restored.labels is None
 
 
+@pytest.mark.slow
 def test_share_in_metrics_jsonl_and_report(tmp_path):
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(_config(log_every_steps=1), workdir, stop_after_steps=2)
@@ -207,6 +212,7 @@ def test_report_without_the_metric_has_no_such_plot(tmp_path):
   assert "false_negative" not in (tmp_path / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_resume_an_old_moco_checkpoint(tmp_path, monkeypatch):
   config = tiny_config("ring", method="moco", log_every_steps=1, checkpoint_every_steps=2)
   real = moco.init_state
@@ -220,6 +226,6 @@ def test_resume_an_old_moco_checkpoint(tmp_path, monkeypatch):
   with pytest.warns(UserWarning, match="method_state.queue_ids"):
     out = train.train_and_evaluate(config, str(tmp_path), stop_after_steps=4)
   assert out.results["steps"] == 4
-  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   shares = {r["step"]: r.get("false_negative_share") for r in records if "loss" in r}
   assert np.isnan(shares[3]) and 0 <= shares[4] <= 1

@@ -310,6 +310,7 @@ def test_every_method_config_takes_the_preset():
     assert c.bank.candidates == (8192 if name in ("ring.py", "ball.py") else 0), name
 
 
+@pytest.mark.slow
 def test_view_recipe_keeps_grey_28px_images_in_range():
   import jax
   image = jax.random.uniform(jax.random.key(0), (28, 28, 1))

@@ -108,6 +108,7 @@ def _sklearn_fewshot(train_x, train_y, test_x, test_y, *, same_objective):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["separable", "digits"])
 def test_fewshot_probe_agrees_with_sklearn_logistic_regression(source):
   if source == "separable":

@@ -40,6 +40,7 @@ def test_ring_mask_keeps_the_band():
   np.testing.assert_array_equal(mask, (quantiles >= 0.5) & (quantiles <= 0.95))
 
 
+@pytest.mark.slow
 def test_infonce_below_cap_and_truth_and_increasing(results):
   cap = np.log(BATCH)  # K = BATCH - 1 in-batch negatives
   estimates = results["infonce"]["estimates"].mean(-1)
@@ -50,6 +51,7 @@ def test_infonce_below_cap_and_truth_and_increasing(results):
   assert estimates[-1] > 0.5 * cap  # it learned something
 
 
+@pytest.mark.slow
 def test_ring_at_most_infonce(results):
   ring = results["ring"]["estimates"].mean(-1)
   infonce = results["infonce"]["estimates"].mean(-1)

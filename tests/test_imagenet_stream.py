@@ -11,7 +11,7 @@ pytest.importorskip("tensorflow")
 from mi_contrast import config as config_lib  # noqa: E402
 from mi_contrast import input_pipeline  # noqa: E402
 from mi_contrast import train  # noqa: E402
-from test_tfds_presets import _no_network, mocked_tfds  # noqa: E402
+from helpers import mocked_tfds, no_network  # noqa: E402
 
 NUM = 64  # mocked examples per split
 
@@ -78,6 +78,7 @@ def test_host_batches_are_fixed_size_crops_with_indices_and_deterministic(monkey
   assert all(x.shape == (24, 32, 32, 3) for x, _, _ in evaluated)
 
 
+@pytest.mark.slow
 def test_imagenet_preset_trains_resumes_exactly_and_evaluates(monkeypatch, tmp_path, mocked):
   _split_sizes(monkeypatch)
   config = tiny_imagenet(tmp_path / "tfds")
@@ -95,7 +96,7 @@ def test_imagenet_preset_trains_resumes_exactly_and_evaluates(monkeypatch, tmp_p
 def test_missing_imagenet_names_the_manual_download(monkeypatch, tmp_path):
   config = config_lib.default_config("imagenet2012")
   config.data_dir = str(tmp_path / "empty")
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", _no_network)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
   with pytest.raises(FileNotFoundError) as info:
     train.train_and_evaluate(config, str(tmp_path / "run"))
   message = str(info.value)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mi_contrast import bounds
 from mi_contrast import memory
@@ -50,6 +51,7 @@ def test_kmeans_never_increases_the_within_cluster_distance():
   assert cost[0] >= cost[1] - 1e-4 >= cost[2] - 2e-4, cost
 
 
+@pytest.mark.slow
 def test_la_with_every_image_its_own_cluster_is_ball():
   """The LA-simple theorem: C_i = {i} gives IR Ball's InfoNCE over the same K neighbours."""
   k = 20
@@ -111,6 +113,7 @@ def test_refit_at_the_first_la_step_and_once_per_epoch():
   assert not np.array_equal(np.asarray(refit["labels"]), np.asarray(fitted["labels"]))
 
 
+@pytest.mark.slow
 def test_one_device_and_eight_devices_agree():
   # The warm-up's branch is IR's objective (tests/test_train.py); this step runs LA's.
   config = _config()
@@ -118,6 +121,7 @@ def test_one_device_and_eight_devices_agree():
   np.testing.assert_array_equal(s1.method_state["labels"], s8.method_state["labels"])
 
 
+@pytest.mark.slow
 def test_la_loss_decreases_under_a_few_gradient_steps():
   z, bank, rows, _, _ = _scores(10, b=16, n=128, d=8)
   labels = jax.random.randint(jax.random.PRNGKey(11), (3, 128), 0, 8)
@@ -157,6 +161,7 @@ def test_neighbour_views_without_an_inner_ball_is_the_ring_infonce():
     np.testing.assert_allclose(out.value[a], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_neighbour_views_one_device_and_eight_devices_agree():
   config = tiny_config("ring", **{"ir.neighbour_views": True})
   assert_devices_agree(config)

@@ -83,6 +83,7 @@ CHECKS = {"bounds.infonce(pos, scores, mask)": _check_in_batch, "def train_step(
           "jax.shard_map(": _check_shard_map}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code,line,expected", [
     pytest.param(code, line, expected, id=f"line{line}")
     for code, line, expected in _python_blocks()])

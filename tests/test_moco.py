@@ -26,6 +26,7 @@ def _model_and_variables(config):
   return model, variables
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [1, 8])
 def test_shuffled_keys_equal_per_group_batch_norm_of_the_permuted_batch(devices):
   config = _config()
@@ -69,6 +70,7 @@ def test_queue_is_fifo():
     config_lib.validate(_config(num_negatives=100), num_devices=1)
 
 
+@pytest.mark.slow
 def test_one_device_and_eight_devices_agree():
   # Ring: the band masks on top of everything the uniform step computes.
   config = _config("ring")
@@ -77,6 +79,7 @@ def test_one_device_and_eight_devices_agree():
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_key_encoder_is_the_ema_of_the_query_encoder():
   config = _config(**{"moco.momentum": 0.9})
   state, step, images, _, _ = build_step(config, jax.devices()[:1])
@@ -93,6 +96,7 @@ def test_key_encoder_is_the_ema_of_the_query_encoder():
   assert metrics["bound_nats"] <= metrics["log_k_plus_1"] + 1e-6
 
 
+@pytest.mark.slow
 def test_loss_decreases_under_a_few_gradient_steps():
   config = _config("ring")
   band = methods.Band(jnp.float32(0.3), jnp.float32(0.97))

@@ -57,6 +57,7 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+@pytest.mark.slow
 def test_two_processes_of_four_devices_match_one_process_of_eight(tmp_path):
   config = tmp_path / "pinned.py"
   config.write_text(PINNED)
@@ -99,6 +100,7 @@ def test_two_processes_of_four_devices_match_one_process_of_eight(tmp_path):
   assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["3", "5"]
 
 
+@pytest.mark.slow
 def test_launcher_exits_nonzero_when_a_process_fails(tmp_path):
   config = tmp_path / "pinned.py"
   config.write_text(PINNED)
@@ -128,6 +130,7 @@ def _fake_python(tmp_path):
   return str(path)
 
 
+@pytest.mark.slow
 def test_launcher_passes_sigterm_to_every_process_and_waits_for_them(tmp_path):
   launcher = subprocess.Popen(["bash", LAUNCHER, "--num_processes=3", "--devices_per_process=1",
                                f"--python={_fake_python(tmp_path)}", "--", "--workdir=x"],
@@ -140,6 +143,7 @@ def test_launcher_passes_sigterm_to_every_process_and_waits_for_them(tmp_path):
   assert output.count("checkpointed") == 3
 
 
+@pytest.mark.slow
 def test_launcher_stops_the_others_when_one_process_fails(tmp_path):
   start = time.time()
   run = subprocess.run(["bash", LAUNCHER, "--num_processes=3", "--devices_per_process=1",

@@ -198,6 +198,7 @@ def test_masks_do_not_recompile_when_band_changes():
     p=st.sampled_from([1, 33, 200]),
     lower=st.floats(0.0, 1.0), upper=st.floats(0.0, 1.0),
     values=st.sampled_from(["few", "many"]))
+@pytest.mark.slow
 @SETTINGS
 def test_mask_counts_property(data, p, lower, upper, values):
   top = 4 if values == "few" else 10 ** 6
@@ -285,6 +286,7 @@ def test_band_negatives_traced_band_no_recompilation(bank):
   assert sizes[0] == sizes[-1]
 
 
+@pytest.mark.slow
 def test_band_negatives_independent_of_batch_split(bank):
   anchors, pool = bank
   ids = jnp.arange(100, 108)
@@ -358,6 +360,7 @@ def test_band_negatives_with_tied_pool(bank):
   assert len(np.unique(idx)) > 250
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("candidates", [None, 8192])
 def test_band_negatives_never_draw_the_anchors_own_row(bank, candidates):
   """The own row at rank 0 of a ball and inside a ring: never drawn, over 8 x 4,096 draws, and

@@ -39,6 +39,7 @@ def _study(tmp_path, arms="ir_uniform,ir_ring", extra=(), check=True):
   return proc.stdout
 
 
+@pytest.mark.slow
 def test_quick_study_json_and_resume(tmp_path):
   out = _study(tmp_path)
   # The per-arm check: the two arms' effective configs differ in `negatives` alone.
@@ -108,6 +109,7 @@ def test_quick_study_json_and_resume(tmp_path):
   assert open(tmp_path / "negatives_quick.json").read() == before
 
 
+@pytest.mark.slow
 def test_fashion_arms_share_every_field_but_their_own(tmp_path):
   """The fashion_mnist study's 7 arms (--dry_run: nothing trains): only the arm fields differ,
   and bank.candidates, which MoCo and SimCLR refuse (no bank), is 0 for them alone."""
@@ -138,6 +140,7 @@ def _dry(tmp_path, *args):
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_variant_arm_flags_and_differences(tmp_path):
   """--variant: an arm that differs from its base arm in ring.* fields only; its workdir is
   its own and its command is the base config file with the variant's flags."""
@@ -194,6 +197,7 @@ def test_paired_differences_of_a_variant():
   assert ring["knn_top1"]["mean"] is None
 
 
+@pytest.mark.slow
 def test_start_window_starts_nothing_late(tmp_path):
   """--start_window_minutes: no run starts after the window; the command says so and exits
   non-zero (the study is unfinished), and the same command later continues."""
@@ -205,6 +209,7 @@ def test_start_window_starts_nothing_late(tmp_path):
   assert proc.returncode != 0 and "--start_window_minutes: 0 or more" in proc.stderr
 
 
+@pytest.mark.slow
 def test_table_of_a_study(tmp_path):
   """--table prints the JSON's arms (mean ± std, in the study's arm order) and paired
   differences (mean ± standard error, seeds with a positive difference), running nothing."""
@@ -227,7 +232,7 @@ def test_table_of_a_study(tmp_path):
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
-  rows = [l for l in lines if l.startswith("| ir")]
+  rows = [line for line in lines if line.startswith("| ir")]
   std_u = (2 * 0.01 ** 2) ** 0.5   # seeds 0.80, 0.82 around 0.81
   assert rows[0].startswith(f"| ir_uniform | 1,2 | 0.810 ± {std_u:.3f} | 0.500 ± 0.000 | - |")
   assert "| 1.00 / 2.00 | 0.100 | 2 |" in rows[0]

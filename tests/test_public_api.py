@@ -109,6 +109,7 @@ def _all_bounds():
   return _transforms(every, (POS, NEG, MASK), ())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BOUND_CASES))
 def test_bound_under_transformations(name):
   plain, results = _all_bounds()
@@ -187,6 +188,7 @@ def _group_of(name):
   return tuple(sorted(set(NEGATIVE_CASES) - set().union(*_GROUPS)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NEGATIVE_CASES))
 def test_negatives_under_transformations(name):
   plain, results = _negatives_group(_group_of(name))
@@ -211,6 +213,7 @@ def test_schedules_under_transformations():
   _assert_same(plain, results)
 
 
+@pytest.mark.slow
 def test_views_under_transformations():
   public = [n for n in views.__all__ if inspect.isfunction(getattr(views, n))]
   recipe = [("random_resized_crop", {"scale": (0.3, 1.0), "size": 6}, 1.0),
@@ -260,6 +263,7 @@ def test_views_under_transformations():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [bounds, negatives])
 def test_docstring_examples_run(module):
   for name in module.__all__:
@@ -386,6 +390,7 @@ def test_minus_inf_does_not_count_toward_k():
   assert np.isnan(float(bounds.infonce(pos, jnp.array([[0.0, jnp.nan]]))[0]))    # NaN stays
 
 
+@pytest.mark.slow
 def test_sampled_form_never_returns_a_padding_row():
   rng = np.random.default_rng(12)
   pool = jnp.asarray(_unit(rng.normal(size=(200, 8))), jnp.float32)

@@ -60,4 +60,5 @@ def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_command():
   with open(os.path.join(REPO, ".ci", "run")) as f:
     ci = f.read()
   # CI installs what the README's test command installs, then runs its pytest.
-  assert 'python -m pip install -q -e ".[train,test,torch]"\npytest\n' in ci
+  install = ci.index('python -m pip install -q -e ".[train,test,torch]"\n')
+  assert ci.index("\npytest\n", install) > install     # the README's test command, after it

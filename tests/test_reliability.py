@@ -21,6 +21,8 @@ import pytest
 
 from helpers import REPO, child_xla_flags, no_tensorflow, checkpoint_steps as _checkpoint_steps
 
+pytestmark = pytest.mark.slow   # child processes that train and are killed
+
 EVERY = 4  # checkpoint_every_steps
 FLAGS = ["--config=configs/ring.py", "--config.num_epochs=1", "--config.width=8",
          "--config.head_hidden=32", "--config.embedding_dim=16", "--config.num_negatives=64",

@@ -97,6 +97,7 @@ def test_unfinished_run_and_not_a_run(tmp_path):
     report.write_report(str(tmp_path / "empty"))
 
 
+@pytest.mark.slow
 def test_report_runs_without_tensorflow(tmp_path):
   _write_run(tmp_path)
   code = ("import sys; sys.modules['tensorflow'] = None\n"  # any `import tensorflow` fails

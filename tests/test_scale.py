@@ -51,6 +51,7 @@ class _HostReads:
           note(name), original(a, *args, **kw))[1])(original, name))
 
 
+@pytest.mark.slow
 def test_loop_steps_do_not_synchronise_with_the_host(tmp_path, monkeypatch):
   """Every step of train_and_evaluate's real loop runs under jax.transfer_guard('disallow')
   (train._step_guard), and, inside that same context, no device value is read on the host;
@@ -117,6 +118,7 @@ def _one_step(config, devices):
   return jax.device_get(metrics), new_state, model, data
 
 
+@pytest.mark.slow
 def test_bfloat16_bank_and_activations_agree_on_1_and_8_devices():
   config = tiny_config("ring", compute_dtype="bfloat16", **{"bank.dtype": "bfloat16"})
   m1, s1, model, data = _one_step(config, jax.devices()[:1])
@@ -135,6 +137,7 @@ def test_bfloat16_bank_and_activations_agree_on_1_and_8_devices():
   assert h.dtype == z.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_bfloat16_run_trains_with_finite_loss_and_a_bfloat16_bank_checkpoint(tmp_path):
   config = tiny_config("ring", compute_dtype="bfloat16", log_every_steps=2,
                        checkpoint_every_steps=10, **{"bank.dtype": "bfloat16"})
@@ -154,6 +157,7 @@ def test_bfloat16_run_trains_with_finite_loss_and_a_bfloat16_bank_checkpoint(tmp
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sharded_bank_places_rows_by_a_fixed_permutation_and_updates_like_the_replicated_bank():
   config = tiny_config("ring")
   _, replicated, _, data = _one_step(config, jax.devices())
@@ -236,6 +240,7 @@ def test_sharded_bank_objective_scores_each_shard_band():
   assert np.all(value <= infonce(lo) + 1e-4) and np.all(value >= infonce(hi) - 1e-4)
 
 
+@pytest.mark.slow
 def test_sharded_bank_trains_checkpoints_and_resumes(tmp_path):
   config = tiny_config("ring", checkpoint_every_steps=4, num_epochs=1,
                        **{"bank.sharded": True})

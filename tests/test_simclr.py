@@ -44,12 +44,14 @@ def test_ring_keeps_the_band_of_the_other_negatives():
   assert np.all(np.asarray(out.cap) < np.asarray(full.cap))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("negatives", ["uniform", "ring"])
 def test_one_device_and_eight_devices_agree(negatives):
   config = tiny_config(negatives, method="simclr")
   assert_devices_agree(config)
 
 
+@pytest.mark.slow
 def test_loss_decreases_under_a_few_gradient_steps():
   config = tiny_config("ring", method="simclr")
   band = methods.Band(jnp.float32(0.3), jnp.float32(0.97))
@@ -92,6 +94,7 @@ def test_unsupported_view_counts_are_errors(method, views):
     config_lib.validate(config, num_devices=1)
 
 
+@pytest.mark.slow
 def test_three_views_one_device_and_eight_devices_agree():
   config = tiny_config("ring", method="simclr", num_views=3)
   assert_devices_agree(config)

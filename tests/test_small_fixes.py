@@ -42,6 +42,7 @@ def _raise(exception):
   return fn
 
 
+@pytest.mark.slow
 def test_finished_run_returns_saved_results_without_probing_and_reevaluate_probes(
     tmp_path, monkeypatch):
   # 1438 // 512 = 2 steps on the 8 simulated devices: the shortest finished run.

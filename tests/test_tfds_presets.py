@@ -6,7 +6,6 @@ and that is False without the real files, so the tests below also declare the mo
 prepared: `load_tfds` then takes the same path as for a dataset on disk, with downloads off.
 """
 
-import contextlib
 import json
 
 import numpy as np
@@ -19,20 +18,10 @@ from mi_contrast import config as config_lib  # noqa: E402
 from mi_contrast import input_pipeline  # noqa: E402
 from mi_contrast import step as step_lib  # noqa: E402
 from mi_contrast import train  # noqa: E402
+from helpers import mocked_tfds, no_network  # noqa: E402
 
 IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "stl10": (96, 96, 3)}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}
-
-@contextlib.contextmanager
-def mocked_tfds(monkeypatch, num_examples):
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", _no_network)
-  with tfds.testing.mock_data(num_examples=num_examples):
-    yield
-
-
-def _no_network(self, *args, **kwargs):
-  raise AssertionError(f"{self.name}: download_and_prepare was called with downloads off")
 
 
 def tiny_preset(preset, data_dir):
@@ -68,6 +57,7 @@ def test_load_dataset_reads_a_mocked_split(preset, monkeypatch, tmp_path):
   assert len(mean) == len(std) == 3 and all(0.0 < m < 1.0 for m in mean)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["cifar10", "cifar100", "stl10"])
 def test_preset_trains_a_few_steps(preset, monkeypatch, tmp_path):
   config = tiny_preset(preset, tmp_path / "tfds")
@@ -88,7 +78,7 @@ def test_missing_dataset_fails_at_once_with_the_command_that_prepares_it(monkeyp
   config.data_dir = str(tmp_path / "empty")
   (tmp_path / "empty").mkdir()
   assert config.download is False
-  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", _no_network)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
 
   def no_compile(*args, **kwargs):
     raise AssertionError("the train step was built without data")
@@ -101,6 +91,7 @@ def test_missing_dataset_fails_at_once_with_the_command_that_prepares_it(monkeyp
   assert "--config.download=True" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split,factor", [("unlabelled", 1), ("train+unlabelled", 2)])
 def test_stl10_pretrains_on_the_unlabelled_split(split, factor, monkeypatch, tmp_path):
   config = tiny_preset("stl10", tmp_path / "tfds")

@@ -241,6 +241,7 @@ def _images(shape, seed):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,stem,size", [("resnet18", "cifar", 32),
                                             ("resnet18", "imagenet", 64),
                                             ("resnet50", "imagenet", 64)])
@@ -296,6 +297,7 @@ def _perturbed_run(tiny_run, tmp_path):
   return run, encoder, params, stats, layout
 
 
+@pytest.mark.slow
 def test_trained_digits_run_matches_torch(tiny_run, tmp_path):
   run, encoder, params, stats, layout = _perturbed_run(tiny_run, tmp_path)
   pkl, pt = str(tmp_path / "backbone.pkl"), str(tmp_path / "backbone.pt")

@@ -18,6 +18,7 @@ import helpers
 from helpers import REPO, assert_devices_agree, child_xla_flags, tiny_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("negatives, overrides", [
     ("uniform", {}), ("ring", {}),
     # The first step of 'first_batch' uses the per-batch estimate and stores it: both paths.
@@ -31,6 +32,7 @@ def test_one_device_and_eight_devices_agree(negatives, overrides):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_bound_below_cap_and_band_annealed(tmp_path):
   config = tiny_config("ring")
   outcome = train.train_and_evaluate(config, str(tmp_path))
@@ -91,7 +93,8 @@ def test_bad_config_raises_before_compiling(tmp_path, monkeypatch, field, value,
 
 
 def test_unknown_preset_and_unknown_field():
-  with pytest.raises(ValueError, match="allowed values: digits, cifar10, cifar100, stl10, imagenet2012"):
+  with pytest.raises(ValueError,
+                     match="allowed values: digits, cifar10, cifar100, stl10, imagenet2012"):
     config_lib.default_config("imagenet")
   config = config_lib.default_config()
   config.bogus = 1
@@ -99,6 +102,7 @@ def test_unknown_preset_and_unknown_field():
     config_lib.validate(config, num_devices=1)
 
 
+@pytest.mark.slow
 def test_main_runs_without_tensorflow(tmp_path):
   """The main job with `import tensorflow` failing, as on a machine without it."""
   blocker = tmp_path / "blocker"
@@ -130,11 +134,12 @@ def test_view_recipes_one_name_or_one_per_view():
     config_lib.validate(tiny_config(views="digits,"), num_devices=1)
 
 
+@pytest.mark.slow
 def test_a_replayed_selection_is_the_one_the_step_uses_on_1_and_8_devices():
   """The replay behind assert_devices_agree (tests/helpers.py), checked on every machine: a
   changed selection (one anchor's last band member swapped for the first row of its inner
-  ball: at step 0 the band and the ball cover the bank) replayed on 1 and on 8 devices gives the same step,
-  and not the recorded one."""
+  ball: at step 0 the band and the ball cover the bank) replayed on 1 and on 8 devices gives the
+  same step, and not the recorded one."""
   config = tiny_config("ring")
   devices = jax.devices()
   with helpers.recording(config, 1) as record:

@@ -264,6 +264,7 @@ def _jitted_views(recipe_name, num_views):
       k, x, [recipe_name] * num_views, image_ids=ids))
 
 
+@pytest.mark.slow
 def test_make_views_shapes_keys_and_id_permutation():
   x = jnp.asarray(RNG.uniform(0, 1, (8, 16, 16, 3)), jnp.float32)
   fn = _jitted_views('mocov2', 2)
@@ -281,6 +282,7 @@ def test_make_views_shapes_keys_and_id_permutation():
   np.testing.assert_allclose(shuffled, full[:, perm], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_make_views_independent_of_batch_split():
   x = jnp.asarray(RNG.uniform(0, 1, (8, 16, 16, 3)), jnp.float32)
   fn = _jitted_views('cmc', 2)
@@ -292,6 +294,7 @@ def test_make_views_independent_of_batch_split():
   np.testing.assert_allclose(np.concatenate([first, second], axis=1), full, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_make_views_digits_one_channel_and_output_size():
   x = jnp.asarray(RNG.uniform(0, 1, (4, 16, 16, 1)), jnp.float32)
   out = _jit(lambda k, x: views.make_views(k, x, ['digits', 'digits_noflip', 'none']))(

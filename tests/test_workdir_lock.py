@@ -38,6 +38,7 @@ def _dead_pid():
   return proc.pid
 
 
+@pytest.mark.slow
 def test_second_run_on_a_locked_workdir_is_refused_naming_the_first(tmp_path):
   workdir = tmp_path / "run"
   workdir.mkdir()

@@ -113,13 +113,19 @@ def pad_drawn(drawn, width):
 # ----------------------------------------------------------------------------------------------
 
 
-def require_infonce_without_candidates(config, pool):
-  """bound 'infonce' and bank.candidates = 0: for methods whose negatives are `pool` (not a
-  bank)."""
-  if config.bound != "infonce" or config.bank.candidates:
-    checks.fail("bound" if config.bound != "infonce" else "bank.candidates",
-                config.bound if config.bound != "infonce" else config.bank.candidates,
-                f"bound = 'infonce' and bank.candidates = 0 for method {config.method!r} (its "
+# The bounds of an InfoNCE-shaped objective (contrastive_value): InfoNCE, and its debiased and
+# hardness-tilted forms.
+INFONCE_SHAPED = ("infonce", "dcl", "hcl")
+
+
+def require_infonce_without_candidates(config, pool, allowed=("infonce",)):
+  """bound in `allowed` (InfoNCE; INFONCE_SHAPED for a method that trains contrastive_value)
+  and bank.candidates = 0: for methods whose negatives are `pool` (not a bank)."""
+  if config.bound not in allowed or config.bank.candidates:
+    wrong_bound = config.bound not in allowed
+    checks.fail("bound" if wrong_bound else "bank.candidates",
+                config.bound if wrong_bound else config.bank.candidates,
+                f"bound in {allowed} and bank.candidates = 0 for method {config.method!r} (its "
                 f"negatives are {pool})")
 
 

@@ -65,7 +65,7 @@ class MocoTargets(NamedTuple):
 def validate(config, *, num_devices, num_train):
   """The queue holds whole global batches; shuffle-BN groups split the devices' batches."""
   del num_train
-  base.require_infonce_without_candidates(config, "the queue")
+  base.require_infonce_without_candidates(config, "the queue", base.INFONCE_SHAPED)
   if config.num_negatives % config.global_batch_size:
     checks.fail("num_negatives", config.num_negatives, "a multiple of global_batch_size "
                 f"({config.global_batch_size}) for method 'moco' (the queue length K; each "

@@ -30,7 +30,7 @@ ENCODER = "single"
 def validate(config, *, num_devices, num_train):
   """InfoNCE over the global batch: no bank options."""
   del num_devices, num_train
-  base.require_infonce_without_candidates(config, "the global batch")
+  base.require_infonce_without_candidates(config, "the global batch", base.INFONCE_SHAPED)
   base.reject_ir_options(config)
 
 
