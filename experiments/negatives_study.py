@@ -150,9 +150,18 @@ def recorded_run(old_study, plan):
 
 def optional_fields(c, metrics):
   """The objective of the run (`bound`, `tau_plus`, `hcl_beta`: the records of the study's first
-  runs lack them, and count as InfoNCE), and the last logged clamped fraction of a debiased
-  bound (study_analysis.CLAMPED). The tables show a column for each when it varies."""
+  runs lack them, and count as InfoNCE), the share of the negative sum on the anchor's class
+  (`false_negative_weight`, last logged value and series, for runs that log it), and the last
+  logged clamped fraction of a debiased bound (study_analysis.CLAMPED). The tables show a
+  column for each when it varies."""
   out = {"bound": c.bound, "tau_plus": c.tau_plus, "hcl_beta": c.hcl_beta}
+  weights = [r["false_negative_weight"] for r in metrics
+             if _finite(r.get("false_negative_weight")) is not None]
+  if weights:   # the share of the negative sum on the anchor's class, at the end of training
+    out["false_negative_weight"] = weights[-1]
+    out["false_negative_weight_series"] = [
+        [int(r["step"]), r["false_negative_weight"]] for r in metrics
+        if _finite(r.get("false_negative_weight")) is not None]
   clamped = [r[study_analysis.CLAMPED] for r in metrics
              if _finite(r.get(study_analysis.CLAMPED)) is not None]
   if clamped:

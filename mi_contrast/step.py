@@ -73,6 +73,8 @@ def make_train_step(run, *, state_spec=None):
                                 method_state, targets, band, outer)
     if labels is not None and out.drawn is not None:
       metrics["false_negative_share"] = false_negative_share(labels, out.drawn)
+      if out.drawn.log_weights is not None:
+        metrics["false_negative_weight"] = false_negative_weight(labels, out.drawn)
     return new_state, metrics
 
   # pmap semantics (check_vma=False): the per-device program states its collectives itself,
@@ -150,6 +152,32 @@ def false_negative_share(labels, drawn):
                                                     drawn.keep)
   same, total = jax.lax.psum((same, total), AXIS)
   return same.astype(jnp.float32) / total.astype(jnp.float32)
+
+
+def false_negative_weight(labels, drawn):
+  """The share of the objective's negative sum (sum_k w_k e_k; w = 1 but for HCL) that falls on
+  negatives of the anchor's class, averaged over the global batch's anchors that have a
+  labelled negative; float32 scalar (NaN when none has). The hardest negatives dominate the
+  sum, so this can exceed the share of the count (`false_negative_share`).
+
+  labels: int [N]; drawn: methods.DrawnNegatives with log_weights (the log of each term).
+  """
+  labels = jnp.asarray(labels, jnp.int32)
+  anchor = labels[drawn.anchors][:, None]
+  rows = jnp.broadcast_to(drawn.rows, drawn.log_weights.shape)
+  negative = jnp.where(rows >= 0, labels[jnp.maximum(rows, 0)], -1)
+  counted = (negative >= 0) & (anchor >= 0)
+  if drawn.keep is not None:
+    counted = counted & drawn.keep
+  logw = jnp.where(counted, drawn.log_weights, -jnp.inf)
+  top = jnp.max(logw, axis=1, keepdims=True)
+  has = jnp.isfinite(top[:, 0])
+  w = jnp.where(counted, jnp.exp(logw - jnp.where(has[:, None], top, 0.0)), 0.0)
+  share = (jnp.sum(jnp.where(negative == anchor, w, 0.0), axis=1)
+           / jnp.maximum(jnp.sum(w, axis=1), jnp.finfo(jnp.float32).tiny))
+  total, anchors = jax.lax.psum((jnp.sum(jnp.where(has, share, 0.0)),
+                                 jnp.sum(has, dtype=jnp.int32)), AXIS)
+  return total / anchors.astype(jnp.float32)
 
 
 def _device_indices(state, order, plan):

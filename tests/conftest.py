@@ -56,6 +56,7 @@ FILE_ORDER = (
     "test_train.py",              # 127 s
     "test_checkpoint_faults.py",  # 99
     "test_scale.py",              # 78
+    "test_public_api.py",         # ~75 (estimated from a loaded machine)
     "test_configs.py",            # 74
     "test_multiprocess.py",       # 74
     "test_reliability.py",        # 66
@@ -68,12 +69,15 @@ FILE_ORDER = (
     "test_simclr.py",             # 46
     "test_imagenet_stream.py",    # 38
     "test_moco.py",               # 34
+    "test_debiased.py",           # ~30 (estimated)
+    "test_bench_tools.py",        # ~30 (estimated)
     "test_views.py",              # 29
     "test_bounds.py",             # 25
     "test_torch_export.py",       # 25
     "test_small_fixes.py",        # 21
     "test_evaluation_cli.py",     # 18
     "test_export.py",             # 17
+    "test_library_doc.py",        # ~15 (estimated)
 )
 
 

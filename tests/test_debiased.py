@@ -215,3 +215,36 @@ def test_a_run_logs_the_clamped_fraction(tmp_path):
   logged = [r["clamped_fraction"] for r in rows if "clamped_fraction" in r]
   assert logged and all(0.0 <= v <= 1.0 for v in logged)
   assert all(r["bound_nats"] <= r["log_k_plus_1"] + 1e-6 for r in rows if "bound_nats" in r)
+
+
+def test_false_negative_weight_against_numpy():
+  """The share of the negative sum on the anchor's class: a softmax over each anchor's
+  labelled, kept negatives of their log-terms, averaged over anchors (step.py)."""
+  from mi_contrast import step as step_lib
+  rng = np.random.default_rng(5)
+  labels = rng.integers(-1, 3, 50).astype(np.int32)
+  anchors = rng.integers(0, 50, 7).astype(np.int32)
+  rows = rng.integers(-1, 50, (7, 9)).astype(np.int32)
+  keep = rng.random((7, 9)) < 0.8
+  logw = rng.normal(0, 3, (7, 9)).astype(np.float32)
+  drawn = methods.DrawnNegatives(anchors=jnp.asarray(anchors), rows=jnp.asarray(rows),
+                                 keep=jnp.asarray(keep), log_weights=jnp.asarray(logw))
+  got = float(_on_one_device(lambda d: step_lib.false_negative_weight(jnp.asarray(labels), d),
+                             drawn))
+  shares = []
+  for i in range(7):
+    a = labels[anchors[i]]
+    lab = np.where(rows[i] >= 0, labels[np.maximum(rows[i], 0)], -1)
+    ok = keep[i] & (lab >= 0) & (a >= 0)
+    if ok.any():
+      w = np.exp(logw[i][ok].astype(np.float64) - logw[i][ok].max())
+      shares.append(np.sum(w[lab[ok] == a]) / np.sum(w))
+  assert got == pytest.approx(np.mean(shares), rel=1e-5)
+  assert base_terms_tilt() == pytest.approx(1.3)
+
+
+def base_terms_tilt():
+  """HCL's terms are (1 + beta) * score: the tilt exp(beta s) times e_k = exp(s)."""
+  from mi_contrast.methods import base
+  c = tiny_config("uniform", bound="hcl", hcl_beta=0.3)
+  return float(base.negative_terms(c, jnp.ones(())))

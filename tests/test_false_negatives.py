@@ -163,9 +163,10 @@ def test_training_is_bit_identical_with_the_diagnostic_on_and_off():
   off_params, off = _train(dataclasses.replace(run, labels=None), 3)
   assert results.params_digest(on_params) == results.params_digest(off_params)
   for with_share, without in zip(on, off):
-    assert set(with_share) - set(without) == {"false_negative_share"}
+    assert set(with_share) - set(without) == {"false_negative_share", "false_negative_weight"}
     assert all(with_share[k] == without[k] for k in without)
     assert 0.0 <= with_share["false_negative_share"] <= 1.0
+    assert 0.0 <= with_share["false_negative_weight"] <= 1.0
 
 
 @pytest.mark.slow

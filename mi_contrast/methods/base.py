@@ -47,10 +47,22 @@ class DrawnNegatives(NamedTuple):
     dataset image (MoCo's initial random keys, padding): it is left out of the share.
   keep: bool [n, K], or None (every entry is a negative): the entries of a shared pool that
     are the anchor's negatives (its band, or the batch minus the anchor's own image).
+  log_weights: float [n, K], or None: the log of each negative's term in the objective's
+    negative sum (its score for InfoNCE and DCL, (1 + beta) * score for HCL; negative_terms),
+    for the share of that sum that falls on the anchor's class (`false_negative_weight`).
   """
   anchors: jax.Array
   rows: jax.Array
   keep: Any = None
+  log_weights: Any = None
+
+
+def negative_terms(config, neg):
+  """log of each negative's term in the objective's negative sum, without gradient: the score
+  (InfoNCE, DCL: e_k = exp(score)), or (1 + hcl_beta) * score (HCL: w_k e_k, up to a factor
+  common to the row)."""
+  neg = jax.lax.stop_gradient(neg).astype(jnp.float32)
+  return neg * (1.0 + config.hcl_beta) if config.bound == "hcl" else neg
 
 
 class Objective(NamedTuple):

@@ -181,7 +181,9 @@ def bank_objective(config, z, rows, anchor_ids, bank, rng, band, log_z=None):
     value = bounds.nce(pos, neg, log_z, bank.shape[0])
   cap = jnp.full_like(pos, math.log(config.num_negatives + 1))
   return Objective(value=value, bound=infonce, cap=cap,
-                   drawn=base.DrawnNegatives(anchors=rows, rows=neg_rows), clamped=clamped)
+                   drawn=base.DrawnNegatives(anchors=rows, rows=neg_rows,
+                                             log_weights=base.negative_terms(config, neg)),
+                   clamped=clamped)
 
 
 def neighbour_view_objective(config, z, rows, bank, band):

@@ -158,7 +158,8 @@ def objective(config, z, indices, state, rng, band, targets):
   value, bound, clamped = base.contrastive_value(config, pos, neg, keep)
   drawn = None
   if "queue_ids" in state and indices is not None:
-    drawn = base.DrawnNegatives(anchors=indices, rows=state["queue_ids"], keep=keep)
+    drawn = base.DrawnNegatives(anchors=indices, rows=state["queue_ids"], keep=keep,
+                                log_weights=base.negative_terms(config, neg))
   return Objective(value=value, bound=bound, cap=bounds.infonce_cap(neg, keep), drawn=drawn,
                    clamped=clamped)
 

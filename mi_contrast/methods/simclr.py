@@ -77,17 +77,18 @@ def objective(config, z, indices, state, rng, band, targets=None):
     clamped = jnp.mean(clamped.astype(jnp.float32), axis=0)
   return Objective(value=value, bound=bound, cap=bounds.infonce_cap(scores, keep),
                    clamped=clamped,
-                   drawn=_drawn(indices, num_views, keep))
+                   drawn=_drawn(indices, num_views, keep, base.negative_terms(config, scores)))
 
 
-def _drawn(indices, num_views, keep):
+def _drawn(indices, num_views, keep, log_weights):
   """DrawnNegatives of the [V*b] anchors: column c of the [V*B] batch is the image of global
   row c mod B; None without indices."""
   if indices is None:
     return None
   all_indices = jax.lax.all_gather(indices, AXIS, tiled=True)       # [B]
   return base.DrawnNegatives(anchors=jnp.tile(indices, num_views),
-                             rows=jnp.tile(all_indices, num_views), keep=keep)
+                             rows=jnp.tile(all_indices, num_views), keep=keep,
+                             log_weights=log_weights)
 
 
 def update_state(config, state, all_indices, all_z, targets=None):
