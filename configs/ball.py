@@ -1,12 +1,10 @@
-# IR Ball: IR whose K negatives are drawn from the ball of the memory bank, the rows ranked
-# [0, rho_o * N) by similarity to the anchor; rho_o anneals linearly 1.0 -> 0.1 over the first
-# half of training (the ring without an inner cut, rho_i = 0).
+# IR Ball: IR whose K negatives come from the ball of the bank, rho_o annealed 1.0 -> 0.1.
 #
 #   python -m mi_contrast.main --config=configs/ball.py --workdir=/tmp/mi_ball
 #
-# Runtime: under 3 minutes on a 2-core CPU (embedded digits preset, compilation included).
-# Measured on digits: kNN 0.942, linear 0.964, bound 0.80 / cap 6.93 nats (README method table).
-# `--config=configs/ball.py:cifar10` (also cifar100, stl10, imagenet2012) uses the reference setup.
+# Runtime: 112 s on a 2-core CPU shared with other work (load 4), compilation included.
+# Digits test split: linear 0.978, kNN 0.950, 10-shot 0.885 (raw pixels 0.967 / 0.972 / 0.868).
+# Results: docs/results/methods.md.
 """IR Ball with linear annealing of the outer fraction."""
 
 from mi_contrast import config
@@ -22,4 +20,6 @@ def get_config(preset=None):
   c.ring.outer = 0.1
   if c.dataset == "fashion_mnist":
     c.bank.candidates = config.FASHION_MNIST_CANDIDATES  # the band over 8,192 random rows
+  if c.dataset == "digits":
+    c.views = "digits_noflip"   # a mirrored digit is another symbol
   return c

@@ -1,15 +1,10 @@
-# CMC: L and ab channels of Lab colour space as two views, an encoder for each, two memory
-# banks, InfoNCE in both directions (L -> ab bank, ab -> L bank) with K uniform negatives. As the
-# reference: the loss is the sum of the two directions (not their mean), bank momentum 0.5.
-# On the grey digits preset the views are false-coloured (views "digits_cmc", views.colormap)
-# so that L and ab both carry the digit; the encoder false-colours grey evaluation images alike.
+# CMC: L and ab of Lab colour space as two views, an encoder and a memory bank for each.
 #
 #   python -m mi_contrast.main --config=configs/cmc.py --workdir=/tmp/mi_cmc
 #
-# Runtime: under 3 minutes on a 2-core CPU (embedded digits preset, compilation included).
-# Measured on digits: kNN 0.955, linear 0.975, bound 3.77 / cap 6.93 nats (README method table).
-# `--config=configs/cmc.py:cifar10` (also cifar100, stl10, imagenet2012): two ResNet-18 streams
-# (`--config.cmc.width=half` for the half-width pair), the 'cmc' views.
+# Runtime: 189 s on a 2-core CPU shared with other work (load 3), compilation included.
+# Digits test split: linear 0.983, kNN 0.978, 10-shot 0.925 (raw pixels 0.967 / 0.972 / 0.868).
+# Results: docs/results/methods.md.
 """CMC with uniform negatives."""
 
 from mi_contrast import config
@@ -22,5 +17,10 @@ def get_config(preset=None):
   c.bound = "infonce"
   c.cmc.width = "full"
   c.bank.momentum = 0.5   # the reference's nce_m (HobbitLong/CMC train_CMC.py)
-  c.views = "digits_cmc" if c.dataset == "digits" else "cmc"
+  # Digits: the grey no-flip views; the Lab encoder false-colours grey input (views.colormap)
+  # as the 'digits_cmc' views do, so L and ab both carry the digit.
+  c.views = "digits_noflip" if c.dataset == "digits" else "cmc"
+  if c.dataset == "digits":
+    c.temperature = 0.1         # these two chosen on the validation split, as configs/ring.py
+    c.num_epochs = 60
   return c

@@ -1,15 +1,19 @@
-# Defaults shared by every method config: IR (InfoNCE over uniform memory-bank negatives).
-# Every field is defined and documented in mi_contrast/config.py.
+# The shared defaults (fields in mi_contrast/config.py): IR over uniform negatives.
 #
 #   python -m mi_contrast.main --config=configs/default.py --workdir=/tmp/mi_default
 #
-# Runtime: about 1 minute on a 2-core CPU (embedded digits preset, compilation included).
-# Expected result: linear_top1 ~0.97-0.98 and nn1_top1 ~0.96-0.98 on the digits test split.
-# `--config=configs/default.py:cifar10` (also cifar100, stl10, imagenet2012) picks a tfds preset.
+# Runtime: 115 s on a 2-core CPU shared with other work (load 3), compilation included.
+# Digits test split: linear 0.992, kNN 0.989, 10-shot 0.935 (raw pixels 0.967 / 0.972 / 0.868).
+# Results: docs/results/methods.md (the ir.py row: the same run on digits).
 """Default configuration: get_config(preset) with preset in digits | cifar10 | cifar100 | stl10."""
 
 from mi_contrast import config
 
 
 def get_config(preset=None):
-  return config.default_config(preset)
+  c = config.default_config(preset)
+  if c.dataset == "digits":
+    c.views = "digits_noflip"   # a mirrored digit is another symbol
+    c.temperature = 0.1         # these two chosen on the validation split (configs/ir.py)
+    c.num_epochs = 60
+  return c

@@ -1,11 +1,10 @@
-# IR: instance recognition as InfoNCE over K uniform memory-bank negatives (no ring).
+# IR: instance recognition, InfoNCE over K uniform memory-bank negatives.
 #
 #   python -m mi_contrast.main --config=configs/ir.py --workdir=/tmp/mi_ir
 #
-# Runtime: about 1 minute on a 2-core CPU (embedded digits preset, compilation included).
-# Expected result: linear_top1 ~0.97-0.98, nn1_top1 ~0.96-0.98 on the digits test split;
-# bound_nats below log_k_plus_1 = log(1025) = 6.93 nats.
-# `--config=configs/ir.py:cifar10` (also cifar100, stl10, imagenet2012) uses the reference setup.
+# Runtime: 115 s on a 2-core CPU shared with other work (load 3), compilation included.
+# Digits test split: linear 0.992, kNN 0.989, 10-shot 0.935 (raw pixels 0.967 / 0.972 / 0.868).
+# Results: docs/results/methods.md.
 """IR with uniform negatives."""
 
 from mi_contrast import config
@@ -16,4 +15,8 @@ def get_config(preset=None):
   c.method = "ir"
   c.negatives = "uniform"
   c.bound = "infonce"
+  if c.dataset == "digits":
+    c.views = "digits_noflip"   # a mirrored digit is another symbol
+    c.temperature = 0.1         # these two chosen on the validation split, as configs/ring.py
+    c.num_epochs = 60
   return c

@@ -1,15 +1,10 @@
-# IR Ring with neighbour views: the ring's inner ball (the rows more similar than the ring)
-# counts as extra positives, the ring as the negatives, exactly over the whole bank: an LA-like
-# objective whose close neighbours are the nearest rows. rho_o anneals linearly 1.0 -> 0.1 over
-# the first half of training, rho_i = 0.1. The first half trains IR Ring (sampled): on a fresh
-# embedding the inner ball is arbitrary, and pulling it in from the start collapsed the digits
-# run (kNN 0.68). bound_nats is the ring's InfoNCE of the same scores.
+# IR Ring with neighbour views: the ring's inner ball as extra positives.
 #
 #   python -m mi_contrast.main --config=configs/ring_neighbours.py --workdir=/tmp/mi_ring_nv
 #
-# Runtime: under 3 minutes on a 2-core CPU (embedded digits preset, compilation included).
-# Measured on digits: kNN 0.961, linear 0.975, bound 1.34 / cap 4.87 nats (README method table).
-# `--config=configs/ring_neighbours.py:cifar10` (also cifar100, stl10, imagenet2012).
+# Runtime: 121 s on a 2-core CPU shared with other work (load 4), compilation included.
+# Digits test split: linear 0.981, kNN 0.975, 10-shot 0.913 (raw pixels 0.967 / 0.972 / 0.868).
+# Results: docs/results/methods.md.
 """IR Ring with neighbour views."""
 
 from mi_contrast import config
@@ -26,4 +21,6 @@ def get_config(preset=None):
   c.ring.outer_start = 1.0
   c.ring.outer = 0.1
   c.ring.inner = 0.1
+  if c.dataset == "digits":
+    c.views = "digits_noflip"   # a mirrored digit is another symbol
   return c

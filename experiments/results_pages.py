@@ -549,20 +549,78 @@ def bench_knn(r):
   return lines, ""
 
 
+def _shape(shape):
+  return "x".join(str(d) for d in shape) if shape else "- (not recorded)"
+
+
 def bench_step_overhead(records):
   paths = records.glob(BENCH + "step_overhead_*.json")
-  lines = header("record", "config", "overrides", "batch", "full img/s", "backbone img/s",
-                 "overhead_ratio", "reps")
+  lines = header("record", "config", "overrides", "batch", "full step views",
+                 "backbone step views", "full img/s", "backbone img/s", "overhead_ratio",
+                 "reps")
   machines = []
   for path in paths:
     r = records.json(path)
+    backbone = r.get("backbone_view_shape") or ([1] + r["image_shape"] if r.get("image_shape")
+                                                else None)
     lines.append(row(f"`{os.path.basename(path)}`", r["config"],
                      ", ".join(r.get("overrides") or []) or "-", r["global_batch"],
+                     _shape(r.get("full_view_shape")), _shape(backbone),
                      f"{r['full_images_per_s_per_device']:,.1f}",
                      f"{r['backbone_images_per_s_per_device']:,.1f}",
                      f"{r['overhead_ratio']:.2f}", len(r["full_times_s"])))
     machines.append(f"`{os.path.basename(path)}`: " + machine(r))
   return "\n".join(lines + [""] + ["- " + m for m in machines])
+
+
+def bench_step_parts(r):
+  """The breakdown of one step_overhead record: each part's share of the full step."""
+  if not r.get("breakdown"):
+    return ["This record was measured before the breakdown existed (no `--parts`)."], ""
+  lines = header("part", "share of the full step (medians)", "median of per-repetition shares",
+                 "step without it (ms)")
+  for part, b in sorted(r.get("breakdown", {}).items(), key=lambda kv: -kv[1]["share"]):
+    sign = "" if b.get("kind") != "added" else " (added: the old per-step data order)"
+    lines.append(row(part + sign, f"{100 * b['share']:+.1f}%",
+                     f"{100 * b['share_pair_median']:+.1f}%",
+                     f"{1000 * b['variant_step_s']:,.0f}"))
+  return lines, (f"Full step {1000 * r['full_step_s']:,.0f} ms, backbone step "
+                 f"{1000 * r['backbone_step_s']:,.0f} ms on views "
+                 f"{_shape(r.get('backbone_view_shape'))}, overhead_ratio "
+                 f"{r['overhead_ratio']:.2f}; batch {r['global_batch']}, {len(r['full_times_s'])} "
+                 f"repetitions.")
+
+
+def bench_torch_step(r):
+  lines = header("step", "median (ms)", "what")
+  lines.append(row("PyTorch", f"{1000 * r['torch_step_s']:,.0f}",
+                   f"torch {r['torch']['version']}, {r['torch']['threads']} threads, "
+                   f"channels_last, eager"))
+  lines.append(row("mi_contrast (JAX)", f"{1000 * r['jax_step_s']:,.0f}",
+                   f"{r['jax_devices']} device(s), the project's train step"))
+  omp = ", ".join(f"{k}={v}" for k, v in r["torch"]["omp_env"].items()) or "none"
+  return lines, (f"PyTorch / JAX = {r['torch_over_jax']:.2f} (below 1: PyTorch is faster); "
+                 f"batch {r['global_batch']}, views {_shape(r['view_shape'])}, bank "
+                 f"{r['bank_rows']:,} rows, {r['candidates']:,} candidates, K = "
+                 f"{r['num_negatives']:,}, {r['reps']} alternating repetitions; OMP: {omp}.")
+
+
+def bench_bf16(r):
+  lines = header("route (XLA_FLAGS)", "matmul f32 / bf16 GFLOP/s", "conv fwd bf16 / f32",
+                 "conv bwd bf16 / f32", "backbone step bf16 / f32")
+  for name, route in r["routes"].items():
+    if "error" in route:
+      lines.append(row(f"{name}", "failed: " + " ".join(route["error"]), "", "", ""))
+      continue
+    c = route["cases"]
+    lines.append(row(f"{name} (`{route['xla_flags'] or 'none'}`)",
+                     f"{c['matmul']['f32_gflops']:,.0f} / {c['matmul']['bf16_gflops']:,.0f}",
+                     f"{c['conv_fwd']['bf16_over_f32']:.2f}",
+                     f"{c['conv_bwd']['bf16_over_f32']:.2f}",
+                     f"{c['backbone']['bf16_over_f32']:.2f} ({c['backbone']['f32_ms']:,.0f} "
+                     f"ms in f32)"))
+  return lines, (f"Batch {r['batch']} of {r['size']}x{r['size']} views, width {r['width']}; "
+                 f"below 1: bfloat16 is faster.")
 
 
 def bench_scale(records):
@@ -702,6 +760,7 @@ PAGES = {
         "views": from_record(BENCH + "views_throughput.json", bench_views),
         "knn-probe": from_record(BENCH + "knn_probe.json", bench_knn),
         "step-overhead": bench_step_overhead, "scale": bench_scale,
+
         "false-negative-cost": from_record(BENCH + "false_negative_cost.json",
                                            bench_false_negative_cost),
         "fault-injection": from_record(BENCH + "fault_injection.json", bench_fault_injection),
