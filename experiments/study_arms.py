@@ -22,7 +22,6 @@ config functions import mi_contrast.config when they run.
 """
 
 import collections
-import hashlib
 import importlib.util
 import json
 import os
@@ -235,9 +234,9 @@ def arm_plan(arm, preset, values):
 
 
 def config_digest(c):
-  """results.json's config_sha256 (mi_contrast.results.config_digest, without importing jax)."""
-  text = json.dumps(json.loads(c.to_json()), sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()
+  """results.json's config_sha256 (mi_contrast.checks.config_digest: no jax imported)."""
+  from mi_contrast import checks
+  return checks.config_digest(c)
 
 
 def arm_differences(configs):

@@ -4,6 +4,9 @@ A leaf module (nothing from the package), shared by `config.validate` and every 
 module's own `validate`. `field` is a dotted path into the config ('ring.outer').
 """
 
+import hashlib
+import json
+
 import ml_collections
 
 
@@ -64,3 +67,19 @@ def boolean(config, field):
   if not isinstance(value, bool):
     fail(field, value, "True | False")
   return value
+
+
+# Fields a run reads only with some bounds: left out of the digest when the run does not read
+# them, so that the digest of an InfoNCE run is what it was before these fields existed.
+_BOUND_FIELDS = {"tau_plus": ("dcl", "hcl"), "hcl_beta": ("hcl",)}
+
+
+def config_digest(config):
+  """sha256 of the whole config (sorted JSON): results.json's `config_sha256`. Fields the run
+  does not read (tau_plus and hcl_beta unless its bound uses them) are left out. Here, in a
+  leaf module without jax, so that scripts can compute it cheaply."""
+  fields = json.loads(config.to_json())
+  for field, bounds in _BOUND_FIELDS.items():
+    if fields.get("bound") not in bounds:
+      fields.pop(field, None)
+  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()

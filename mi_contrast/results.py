@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from mi_contrast import checkpoints
+from mi_contrast import checks
 from mi_contrast import methods
 from mi_contrast import probes
 from mi_contrast import run as run_lib
@@ -29,20 +30,7 @@ def params_digest(params):
   return digest.hexdigest(), math.sqrt(total)
 
 
-# Fields a run reads only with some bounds: left out of the digest when the run does not read
-# them, so that the digest of an InfoNCE run is what it was before these fields existed.
-_BOUND_FIELDS = {"tau_plus": ("dcl", "hcl"), "hcl_beta": ("hcl",)}
-
-
-def config_digest(config):
-  """sha256 of the whole config (sorted JSON): results.json's `config_sha256`. Fields the run
-  does not read (tau_plus and hcl_beta unless its bound uses them) are left out."""
-  fields = json.loads(config.to_json())
-  for field, bounds in _BOUND_FIELDS.items():
-    if fields.get("bound") not in bounds:
-      fields.pop(field, None)
-  text = json.dumps(fields, sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()
+config_digest = checks.config_digest     # results.json's `config_sha256`
 
 
 def probe_networks(run, state):
