@@ -49,6 +49,23 @@ def cpu_model():
   return platform.processor() or "unknown"
 
 
+# The instruction sets that decide which kernels XLA can use for float32 and bfloat16.
+ISA = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+def cpu_isa():
+  """The CPU's vector instruction sets of ISA that /proc/cpuinfo lists (None elsewhere)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          flags = set(line.split(":", 1)[1].split())
+          return [name for name in ISA if name in flags]
+  except OSError:
+    pass
+  return None
+
+
 def child(args):
   """Times every case in float32 and bfloat16 in this process; prints one JSON line."""
   import jax
@@ -165,7 +182,8 @@ def main():
       continue
     routes[route] = {"xla_flags": flags, "cases": json.loads(out.stdout.strip().splitlines()[-1])}
   record = {
-      "benchmark": "bf16_cpu", "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+      "benchmark": "bf16_cpu", "cpu": cpu_model(), "cpu_isa": cpu_isa(),
+      "cpu_count": os.cpu_count(),
       "load_before": load_before, "load_after": os.getloadavg(),
       "batch": args.batch, "size": args.size, "width": args.width, "reps": args.reps,
       "routes": routes,

@@ -136,7 +136,7 @@ def machine(record):
   """The machine a benchmark record names: its CPU model (or that it names none), cores,
   platform, jax, load."""
   m = record.get("machine") or {}
-  cpu = record.get("cpu") or m.get("cpu")
+  cpu = record.get("cpu") or m.get("cpu") or m.get("cpu_model")
   devices = (record.get("setup") or {}).get("devices")
   if cpu:
     parts = [f"CPU {cpu}"]
@@ -584,11 +584,20 @@ def bench_step_parts(r):
     lines.append(row(part + sign, f"{100 * b['share']:+.1f}%",
                      f"{100 * b['share_pair_median']:+.1f}%",
                      f"{1000 * b['variant_step_s']:,.0f}"))
-  return lines, (f"Full step {1000 * r['full_step_s']:,.0f} ms, backbone step "
-                 f"{1000 * r['backbone_step_s']:,.0f} ms on views "
-                 f"{_shape(r.get('backbone_view_shape'))}, overhead_ratio "
-                 f"{r['overhead_ratio']:.2f}; batch {r['global_batch']}, {len(r['full_times_s'])} "
-                 f"repetitions.")
+  note = (f"Full step {1000 * r['full_step_s']:,.0f} ms, backbone step "
+          f"{1000 * r['backbone_step_s']:,.0f} ms on views "
+          f"{_shape(r.get('backbone_view_shape'))}, overhead_ratio "
+          f"{r['overhead_ratio']:.2f}; batch {r['global_batch']}, {len(r['full_times_s'])} "
+          f"repetitions.")
+  old = r["breakdown"].get("per_call_order")
+  if old:  # the same step with the data order computed in every call, as before
+    steps = r["bank_rows"] // r["global_batch"]
+    per_s = lambda s: r["global_batch"] / s
+    note += (f" Before the order was computed once an epoch: {per_s(old['variant_step_s']):,.0f} "
+             f"images/s, {steps * old['variant_step_s'] / 60:.1f} min of steps per epoch "
+             f"({steps} steps); now {per_s(r['full_step_s']):,.0f} images/s, "
+             f"{steps * r['full_step_s'] / 60:.1f} min.")
+  return lines, note
 
 
 def bench_torch_step(r):
@@ -619,8 +628,10 @@ def bench_bf16(r):
                      f"{c['conv_bwd']['bf16_over_f32']:.2f}",
                      f"{c['backbone']['bf16_over_f32']:.2f} ({c['backbone']['f32_ms']:,.0f} "
                      f"ms in f32)"))
+  isa = ", ".join(r["cpu_isa"]) if r.get("cpu_isa") else "not recorded"
   return lines, (f"Batch {r['batch']} of {r['size']}x{r['size']} views, width {r['width']}; "
-                 f"below 1: bfloat16 is faster.")
+                 f"below 1: bfloat16 is faster. CPU: {r['cpu']}, {r['cpu_count']} cores, vector "
+                 f"instruction sets {isa}.")
 
 
 def bench_scale(records):
@@ -760,7 +771,11 @@ PAGES = {
         "views": from_record(BENCH + "views_throughput.json", bench_views),
         "knn-probe": from_record(BENCH + "knn_probe.json", bench_knn),
         "step-overhead": bench_step_overhead, "scale": bench_scale,
-
+        "step-parts": from_record(BENCH + "step_overhead_ring_fashion_mnist.json",
+                                  bench_step_parts),
+        "torch-step": from_record(BENCH + "torch_step_ring_fashion_mnist.json",
+                                  bench_torch_step),
+        "bf16": from_record(BENCH + "bf16_cpu.json", bench_bf16),
         "false-negative-cost": from_record(BENCH + "false_negative_cost.json",
                                            bench_false_negative_cost),
         "fault-injection": from_record(BENCH + "fault_injection.json", bench_fault_injection),
