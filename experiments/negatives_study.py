@@ -278,7 +278,7 @@ class Study:
     any_plan = next(iter(self.plans.values()))
     study = {
         "study": "negatives", "dataset": self.args.dataset, "quick": self.args.quick,
-        "eval_split": "test",
+        "eval_split": str(any_plan["config"].eval_split),
         "budget": {"epochs": int(any_plan["config"].num_epochs),
                    "global_batch_size": int(any_plan["config"].global_batch_size),
                    "steps": runs[0]["steps"] if runs else None,
@@ -430,7 +430,8 @@ def main(argv=None):
   check_differences(differences)
   shared = {k: v for k, v in sorted(values.items()) if not is_arm_field(k)}
   print(f"negatives study: {args.dataset}, arms {', '.join(args.arms)}, seeds {args.seeds}, "
-        f"{values['num_epochs']} epochs of batch {values['global_batch_size']}, eval_split test")
+        f"{values['num_epochs']} epochs of batch {values['global_batch_size']}, eval_split "
+        f"{values['eval_split']}")
   print("fields that differ between the arms' effective configs (all others are shared):")
   for key, column in differences.items():
     print(f"  {key:24s} " + "  ".join(f"{a}={v}" for a, v in column.items()))
