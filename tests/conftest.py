@@ -50,34 +50,36 @@ def tiny_run(tmp_path_factory):
 # Whole files go to the two workers (--dist=loadfile) in this order, heaviest first, so that
 # the run does not end with one worker on a long file while the other idles (xdist's own
 # reorder, off in pytest.ini, sorts by the number of tests, which put the few-test files that
-# start processes last). Seconds per file, summed over its tests, idle 2-core CPU, 2026-12-01;
-# files not listed follow in collection order.
+# start processes last). Seconds per file, summed over its tests (`pytest --durations=0`), idle
+# 2-core CPU, 2026-12-07; files under 10 s follow in collection order.
 FILE_ORDER = (
-    "test_train.py",              # 127 s
-    "test_checkpoint_faults.py",  # 99
-    "test_scale.py",              # 78
-    "test_public_api.py",         # ~75 (estimated from a loaded machine)
-    "test_configs.py",            # 74
-    "test_multiprocess.py",       # 74
-    "test_reliability.py",        # 66
-    "test_negatives_study.py",    # 59
-    "test_la.py",                 # 58
-    "test_false_negatives.py",    # 57
-    "test_tfds_presets.py",       # 55
-    "test_negatives.py",          # 55
-    "test_cmc.py",                # 53
-    "test_simclr.py",             # 46
-    "test_imagenet_stream.py",    # 38
-    "test_moco.py",               # 34
-    "test_debiased.py",           # ~30 (estimated)
-    "test_bench_tools.py",        # ~30 (estimated)
-    "test_views.py",              # 29
-    "test_bounds.py",             # 25
-    "test_torch_export.py",       # 25
-    "test_small_fixes.py",        # 21
-    "test_evaluation_cli.py",     # 18
-    "test_export.py",             # 17
-    "test_library_doc.py",        # ~15 (estimated)
+    "test_train.py",                 # 139
+    "test_public_api.py",            # 117
+    "test_reliability.py",           # 113
+    "test_checkpoint_faults.py",     # 110
+    "test_multiprocess.py",          # 81
+    "test_negatives_study.py",       # 77
+    "test_negatives.py",             # 73
+    "test_tfds_presets.py",          # 71
+    "test_scale.py",                 # 69
+    "test_simclr.py",                # 65
+    "test_configs.py",               # 61
+    "test_la.py",                    # 60
+    "test_false_negatives.py",       # 56
+    "test_cmc.py",                   # 53
+    "test_moco.py",                  # 52
+    "test_bounds.py",                # 50
+    "test_debiased.py",              # 44
+    "test_bench_tools.py",           # 42
+    "test_imagenet_stream.py",       # 39
+    "test_views.py",                 # 32
+    "test_torch_export.py",          # 26
+    "test_small_fixes.py",           # 26
+    "test_custom_method.py",         # 18
+    "test_export.py",                # 17
+    "test_library_doc.py",           # 12
+    "test_gaussian_mi.py",           # 12
+    "test_evaluation_cli.py",        # 11
 )
 
 
