@@ -23,6 +23,9 @@ DEFAULT_BOUND = "infonce"
 # The debiased bounds' share of anchors whose negative term is clamped at its floor, as the
 # run's record holds it (the last logged value).
 CLAMPED = "clamped_fraction"
+# The share of the negative sum (sum_k w_k e_k) on the anchor's class, last logged value:
+# the false-negative share weighted by what each negative contributes.
+WEIGHT = "false_negative_weight"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,8 +118,8 @@ def t_interval(difference):
 
 def extra_columns(study):
   """[(header, {arm: cell})] of the optional per-arm columns this study has: `bound` when its
-  arms' bounds differ (a record without one is DEFAULT_BOUND's), the clamped fraction when a
-  run has one."""
+  arms' bounds differ (a record without one is DEFAULT_BOUND's), the clamped fraction and the
+  false-negative weight when a run has one."""
   runs = study.get("runs", [])
   columns = []
   bounds = {r["arm"]: r.get("bound") or DEFAULT_BOUND for r in runs}
@@ -128,6 +131,12 @@ def extra_columns(study):
       mean = mean_std([r.get(CLAMPED) for r in runs if r["arm"] == arm])[0]
       cells[arm] = _pm(mean, None)
     columns.append(("clamped fraction", cells))
+  if any(r.get(WEIGHT) is not None for r in runs):
+    cells = {}
+    for arm in {r["arm"] for r in runs}:
+      mean = mean_std([r.get(WEIGHT) for r in runs if r["arm"] == arm])[0]
+      cells[arm] = _pm(mean, None)
+    columns.append(("false-negative weight", cells))
   return columns
 
 

@@ -48,6 +48,18 @@ ARMS = {
     "moco_ring": Arm("configs/moco_ring.py", compare_to="moco_uniform"),
     "simclr_uniform": Arm("configs/simclr.py"),
     "simclr_ring": Arm("configs/simclr_ring.py", compare_to="simclr_uniform"),
+    # Debiased (DCL) and hardness-tilted (HCL) negatives, their parameters chosen on the
+    # validation split (experiments/results/negatives_study_validation.json: one seed, 3
+    # epochs; the best linear probe of each grid).
+    "ir_dcl": Arm("configs/ir.py", fields={"bound": "dcl", "tau_plus": 0.01},
+                  compare_to="ir_uniform"),
+    "ir_hcl": Arm("configs/ir.py", fields={"bound": "hcl", "tau_plus": 0.01, "hcl_beta": 0.5},
+                  compare_to="ir_uniform"),
+    # The ring's draws debiased with tau_plus near their measured class-collision share at the
+    # end of annealing (0.39-0.41 in the 10-epoch study). A heuristic: DCL's correction assumes
+    # negatives drawn from the marginal, and the ring's share grows from chance as it anneals.
+    "ir_ring_dcl": Arm("configs/ring.py", fields={"bound": "dcl", "tau_plus": 0.4},
+                       compare_to="ir_uniform"),
 }
 # What an arm is made of; every other field is set to the study's value. tau_plus and
 # hcl_beta are the debiased bounds' parameters (bound = dcl or hcl).

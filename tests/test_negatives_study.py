@@ -111,8 +111,9 @@ def test_quick_study_json_and_resume(tmp_path):
 
 @pytest.mark.slow
 def test_fashion_arms_share_every_field_but_their_own(tmp_path):
-  """The fashion_mnist study's 7 arms (--dry_run: nothing trains): only the arm fields differ,
-  and bank.candidates, which MoCo and SimCLR refuse (no bank), is 0 for them alone."""
+  """The fashion_mnist study's 10 arms (--dry_run: nothing trains): only the arm fields differ
+  (the debiased arms' bound and its parameters among them), and bank.candidates, which MoCo and
+  SimCLR refuse (no bank), is 0 for them alone."""
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([no_tensorflow(tmp_path), REPO,
                                        env.get("PYTHONPATH", "")])
@@ -123,12 +124,16 @@ def test_fashion_arms_share_every_field_but_their_own(tmp_path):
   lines = proc.stdout.split("all others are shared):")[1].strip().splitlines()
   table = [line for line in lines if "mi_contrast.main" not in line]
   rows = {line.split()[0]: dict(kv.split("=") for kv in line.split()[1:]) for line in table}
-  assert sorted(rows) == ["bank.candidates", "method", "negatives", "ring.outer"]
+  assert sorted(rows) == ["bank.candidates", "bound", "hcl_beta", "method", "negatives",
+                          "ring.outer", "tau_plus"]
   assert rows["bank.candidates"] == {
       "ir_uniform": "8192", "ir_ring": "8192", "ir_ball": "8192", "moco_uniform": "0",
-      "moco_ring": "0", "simclr_uniform": "0", "simclr_ring": "0"}
+      "moco_ring": "0", "simclr_uniform": "0", "simclr_ring": "0", "ir_dcl": "8192",
+      "ir_hcl": "8192", "ir_ring_dcl": "8192"}
+  assert {a: b for a, b in rows["bound"].items() if b != "infonce"} == {
+      "ir_dcl": "dcl", "ir_hcl": "hcl", "ir_ring_dcl": "dcl"}
   commands = [line for line in proc.stdout.splitlines() if "mi_contrast.main" in line]
-  assert len(commands) == 21 and all("--config.num_epochs=10" in c for c in commands)
+  assert len(commands) == 30 and all("--config.num_epochs=10" in c for c in commands)
 
 
 def _dry(tmp_path, *args):
