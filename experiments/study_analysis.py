@@ -125,18 +125,11 @@ def extra_columns(study):
   bounds = {r["arm"]: r.get("bound") or DEFAULT_BOUND for r in runs}
   if len(set(bounds.values())) > 1:
     columns.append(("bound", bounds))
-  if any(r.get(CLAMPED) is not None for r in runs):
-    cells = {}
-    for arm in {r["arm"] for r in runs}:
-      mean = mean_std([r.get(CLAMPED) for r in runs if r["arm"] == arm])[0]
-      cells[arm] = _pm(mean, None)
-    columns.append(("clamped fraction", cells))
-  if any(r.get(WEIGHT) is not None for r in runs):
-    cells = {}
-    for arm in {r["arm"] for r in runs}:
-      mean = mean_std([r.get(WEIGHT) for r in runs if r["arm"] == arm])[0]
-      cells[arm] = _pm(mean, None)
-    columns.append(("false-negative weight", cells))
+  for key, title in ((CLAMPED, "clamped fraction"), (WEIGHT, "false-negative weight")):
+    if any(r.get(key) is not None for r in runs):
+      cells = {arm: _pm(mean_std([r.get(key) for r in runs if r["arm"] == arm])[0], None)
+               for arm in {r["arm"] for r in runs}}
+      columns.append((title, cells))
   return columns
 
 
