@@ -4,6 +4,9 @@ then, with the workdirs gone, from the JSON's records) instead of training them 
 Plumbing only, not the science. And the arms (study_arms.py) and tables (study_analysis.py)
 without training."""
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import subprocess
@@ -137,12 +140,19 @@ def test_fashion_arms_share_every_field_but_their_own(tmp_path):
 
 
 def _dry(tmp_path, *args):
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join([no_tensorflow(tmp_path), REPO,
-                                       env.get("PYTHONPATH", "")])
-  return subprocess.run([sys.executable, SCRIPT, "--dry_run", "--quick",
-                         f"--workdir_root={tmp_path / 'runs'}", *args],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  """The script's --dry_run (which trains nothing), called in this process: its exit status,
+  stdout and stderr as a CompletedProcess."""
+  study = _experiment("negatives_study")
+  argv = ["--dry_run", "--quick", f"--workdir_root={tmp_path / 'runs'}", *args]
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    try:
+      code = study.main(argv) or 0
+    except SystemExit as e:   # argparse's errors, and the script's own refusals
+      code = e.code if isinstance(e.code, int) else 1
+      if isinstance(e.code, str):
+        print(e.code, file=sys.stderr)
+  return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.slow
@@ -169,13 +179,17 @@ def test_variant_arm_flags_and_differences(tmp_path):
     assert proc.returncode != 0 and "--variant" in proc.stderr, (bad, proc.stderr[-500:])
 
 
-def _analysis():
-  """experiments/study_analysis.py, imported as the scripts import it (experiments/ on the
+def _experiment(name):
+  """A module of experiments/, imported as the scripts import one another (experiments/ on the
   path)."""
   if EXPERIMENTS not in sys.path:
     sys.path.insert(0, EXPERIMENTS)
-  import study_analysis
-  return study_analysis
+  return importlib.import_module(name)
+
+
+def _analysis():
+  """experiments/study_analysis.py."""
+  return _experiment("study_analysis")
 
 
 def test_paired_differences_of_a_variant():

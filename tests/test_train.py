@@ -115,8 +115,9 @@ def test_main_runs_without_tensorflow(tmp_path):
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "mi_contrast.main", "--config=configs/ring.py",
          f"--workdir={workdir}", "--config.num_epochs=1", "--config.width=8",
-         "--config.head_hidden=32", "--config.probe_epochs=2", "--config.warmup_epochs=0",
-         "--config.num_negatives=64", "--config.global_batch_size=64"]
+         "--config.head_hidden=32", "--config.embedding_dim=16", "--config.probe_epochs=2",
+         "--config.warmup_epochs=0", "--config.num_negatives=64",
+         "--config.global_batch_size=64"]   # the programs of test_reliability.py's runs
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.load(open(workdir / "results.json"))
