@@ -23,18 +23,21 @@ RUN_FIELDS = ("method", "negatives", "seed", "dataset", "num_train", "steps", "e
               "commit", "bound_nats", "log_k_plus_1", "false_negative_chance")
 
 
+def _study_args(tmp_path, arms="ir_uniform,ir_ring", extra=()):
+  return ["--quick", f"--arms={arms}", "--seeds=3", "--max_parallel=2", "--epochs=1",
+          f"--out={tmp_path / 'negatives_quick.json'}", f"--workdir_root={tmp_path / 'runs'}",
+          # a tiny network and probe: 11 steps of batch 128 each
+          "--set=width=8", "--set=head_hidden=32", "--set=embedding_dim=16",
+          "--set=num_negatives=64", "--set=probe_epochs=2"] + list(extra)
+
+
 def _study(tmp_path, arms="ir_uniform,ir_ring", extra=(), check=True):
+  """The script run as a user runs it (its runs are child processes of it)."""
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join([no_tensorflow(tmp_path), REPO,
                                        env.get("PYTHONPATH", "")])
   env["XLA_FLAGS"] = child_xla_flags(1)
-  cmd = [sys.executable, SCRIPT, "--quick", f"--arms={arms}", "--seeds=3",
-         "--max_parallel=2",
-         "--epochs=1", f"--out={tmp_path / 'negatives_quick.json'}",
-         f"--workdir_root={tmp_path / 'runs'}",
-         # a tiny network and probe: 11 steps of batch 128 each
-         "--set=width=8", "--set=head_hidden=32", "--set=embedding_dim=16",
-         "--set=num_negatives=64", "--set=probe_epochs=2"] + list(extra)
+  cmd = [sys.executable, SCRIPT] + _study_args(tmp_path, arms, extra)
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   if not check:
     return proc
@@ -139,20 +142,23 @@ def test_fashion_arms_share_every_field_but_their_own(tmp_path):
   assert len(commands) == 30 and all("--config.num_epochs=10" in c for c in commands)
 
 
-def _dry(tmp_path, *args):
-  """The script's --dry_run (which trains nothing), called in this process: its exit status,
-  stdout and stderr as a CompletedProcess."""
+def _in_process(*argv):
+  """The script's main(argv) called in this process, for the calls that train nothing (dry
+  runs, tables, refusals): its exit status, stdout and stderr as a CompletedProcess."""
   study = _experiment("negatives_study")
-  argv = ["--dry_run", "--quick", f"--workdir_root={tmp_path / 'runs'}", *args]
   out, err = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
     try:
-      code = study.main(argv) or 0
+      code = study.main(list(argv)) or 0
     except SystemExit as e:   # argparse's errors, and the script's own refusals
       code = e.code if isinstance(e.code, int) else 1
       if isinstance(e.code, str):
         print(e.code, file=sys.stderr)
   return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def _dry(tmp_path, *args):
+  return _in_process("--dry_run", "--quick", f"--workdir_root={tmp_path / 'runs'}", *args)
 
 
 @pytest.mark.slow
@@ -220,11 +226,11 @@ def test_paired_differences_of_a_variant():
 def test_start_window_starts_nothing_late(tmp_path):
   """--start_window_minutes: no run starts after the window; the command says so and exits
   non-zero (the study is unfinished), and the same command later continues."""
-  proc = _study(tmp_path, extra=["--start_window_minutes=0"], check=False)
+  proc = _in_process(*_study_args(tmp_path, extra=["--start_window_minutes=0"]))
   assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert "start window over: 2 runs not started" in proc.stdout
   assert "start:" not in proc.stdout and not os.path.exists(tmp_path / "runs")
-  proc = _study(tmp_path, extra=["--start_window_minutes=-1"], check=False)
+  proc = _in_process(*_study_args(tmp_path, extra=["--start_window_minutes=-1"]))
   assert proc.returncode != 0 and "--start_window_minutes: 0 or more" in proc.stderr
 
 
@@ -247,8 +253,7 @@ def test_table_of_a_study(tmp_path):
           "false_negative_chance": 0.1}
   out = tmp_path / "negatives.json"
   out.write_text(json.dumps(data, sort_keys=True))
-  proc = subprocess.run([sys.executable, SCRIPT, "--table", f"--out={out}"], cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
+  proc = _in_process("--table", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = proc.stdout.splitlines()
   rows = [line for line in lines if line.startswith("| ir")]
