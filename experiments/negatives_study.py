@@ -474,8 +474,26 @@ def main(argv=None):
     for proc, _, _ in running.values():
       proc.send_signal(signal.SIGTERM)
 
-  signal.signal(signal.SIGTERM, stop)
-  signal.signal(signal.SIGINT, stop)
+  # Installed for the loop only: main() called in a process of its own (a test) gets its own
+  # handlers back.
+  previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    _run_loop(args, plans, study, todo, running, stopping)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  study.write()
+  print(f"wrote {args.out} ({len(study.runs)} of this command's {len(plans)} runs"
+        + (f", {len(study.kept)} more kept from the file" if study.kept else "") + ")"
+        + (f" and {args.plot}" if study.runs and args.plot != "-" else ""), flush=True)
+  if stopping:
+    print("stopped: run the same command to continue.", flush=True)
+  return 0 if len(study.runs) == len(plans) else 1
+
+
+def _run_loop(args, plans, study, todo, running, stopping):
+  """Starts the runs of `todo` (at most args.max_parallel at once) and records each as it
+  ends, until every run has ended, a signal stops them, or the start window is over."""
   window_end = (time.time() + 60.0 * args.start_window_minutes
                 if args.start_window_minutes is not None else None)
   while (todo and not stopping) or running:
@@ -509,13 +527,6 @@ def main(argv=None):
         study.write()
         print(f"{what}: {plan['arm']} seed {key[1]} (exit {proc.returncode}); log: "
               f"{plan['workdir']}/study_log.txt", flush=True)
-  study.write()
-  print(f"wrote {args.out} ({len(study.runs)} of this command's {len(plans)} runs"
-        + (f", {len(study.kept)} more kept from the file" if study.kept else "") + ")"
-        + (f" and {args.plot}" if study.runs and args.plot != "-" else ""), flush=True)
-  if stopping:
-    print("stopped: run the same command to continue.", flush=True)
-  return 0 if len(study.runs) == len(plans) else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import importlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -226,8 +227,11 @@ def test_paired_differences_of_a_variant():
 def test_start_window_starts_nothing_late(tmp_path):
   """--start_window_minutes: no run starts after the window; the command says so and exits
   non-zero (the study is unfinished), and the same command later continues."""
+  handlers = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)]
   proc = _in_process(*_study_args(tmp_path, extra=["--start_window_minutes=0"]))
   assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+  # The study's SIGTERM and SIGINT handlers are its loop's only: the caller's are back.
+  assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == handlers
   assert "start window over: 2 runs not started" in proc.stdout
   assert "start:" not in proc.stdout and not os.path.exists(tmp_path / "runs")
   proc = _in_process(*_study_args(tmp_path, extra=["--start_window_minutes=-1"]))
