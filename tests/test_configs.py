@@ -62,6 +62,7 @@ def test_config_validates_for_every_preset(path, preset):
 
 
 # The other methods' steps are covered by their 1-vs-8-device tests and the README table.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["la", "moco_ring"])
 def test_short_run_learns_and_reports_truthfully(name, tmp_path):
   c = load(os.path.join(REPO, "configs", f"{name}.py")).get_config()
@@ -206,7 +207,7 @@ def test_old_flat_fields_are_refused_with_their_new_place():
     config_lib.upgrade_saved(both)
 
 
-
+@pytest.mark.slow   # starts the main job
 def test_data_dir_can_be_set_from_the_command_line(tmp_path):
   """config.data_dir starts as None but is a placeholder, so `--config.data_dir=<dir>` sets it
   (ml_collections refuses a flag override of a field that holds a plain None): main reads the
