@@ -5,13 +5,19 @@ import json
 import numpy as np
 import pytest
 
-tfds = pytest.importorskip("tensorflow_datasets")
-pytest.importorskip("tensorflow")
+from mi_contrast import config as config_lib
+from mi_contrast import input_pipeline
+from mi_contrast import train
+from helpers import mocked_tfds, no_network
 
-from mi_contrast import config as config_lib  # noqa: E402
-from mi_contrast import input_pipeline  # noqa: E402
-from mi_contrast import train  # noqa: E402
-from helpers import mocked_tfds, no_network  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _tensorflow_datasets():
+  """Every test here needs tensorflow_datasets (and TensorFlow): imported when one runs, not when
+  pytest collects the module, so that a worker that runs none of them never imports them."""
+  pytest.importorskip("tensorflow")
+  pytest.importorskip("tensorflow_datasets")
+
 
 NUM = 64  # mocked examples per split
 
@@ -50,6 +56,7 @@ def _split_sizes(monkeypatch):
     try:
       return original(config)
     except KeyError:
+      import tensorflow_datasets as tfds
       builder = tfds.builder(config.dataset, data_dir=config.data_dir)
       return input_pipeline.StreamingData(config.dataset, builder, NUM, NUM, 1000,
                                           config.image_size, config.stream_resize)
@@ -96,6 +103,7 @@ def test_imagenet_preset_trains_resumes_exactly_and_evaluates(monkeypatch, tmp_p
 def test_missing_imagenet_names_the_manual_download(monkeypatch, tmp_path):
   config = config_lib.default_config("imagenet2012")
   config.data_dir = str(tmp_path / "empty")
+  import tensorflow_datasets as tfds
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
   with pytest.raises(FileNotFoundError) as info:
     train.train_and_evaluate(config, str(tmp_path / "run"))

@@ -11,14 +11,20 @@ import json
 import numpy as np
 import pytest
 
-tfds = pytest.importorskip("tensorflow_datasets")
-pytest.importorskip("tensorflow")
+from mi_contrast import config as config_lib
+from mi_contrast import input_pipeline
+from mi_contrast import step as step_lib
+from mi_contrast import train
+from helpers import mocked_tfds, no_network
 
-from mi_contrast import config as config_lib  # noqa: E402
-from mi_contrast import input_pipeline  # noqa: E402
-from mi_contrast import step as step_lib  # noqa: E402
-from mi_contrast import train  # noqa: E402
-from helpers import mocked_tfds, no_network  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _tensorflow_datasets():
+  """Every test here needs tensorflow_datasets (and TensorFlow): imported when one runs, not when
+  pytest collects the module, so that a worker that runs none of them never imports them."""
+  pytest.importorskip("tensorflow")
+  pytest.importorskip("tensorflow_datasets")
+
 
 IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3), "stl10": (96, 96, 3)}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}
@@ -78,6 +84,7 @@ def test_missing_dataset_fails_at_once_with_the_command_that_prepares_it(monkeyp
   config.data_dir = str(tmp_path / "empty")
   (tmp_path / "empty").mkdir()
   assert config.download is False
+  import tensorflow_datasets as tfds
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", no_network)
 
   def no_compile(*args, **kwargs):
