@@ -69,6 +69,14 @@ def tiny_config(negatives="ring", **overrides):
   return c
 
 
+# The main job's flags for a tiny digits IR Ring run (22 steps of batch 64): the child runs that
+# use them share their compiled programs through the session's compilation cache.
+TINY_MAIN_FLAGS = [
+    "--config=configs/ring.py", "--config.num_epochs=1", "--config.width=8",
+    "--config.head_hidden=32", "--config.embedding_dim=16", "--config.num_negatives=64",
+    "--config.global_batch_size=64", "--config.probe_epochs=2", "--config.warmup_epochs=0"]
+
+
 def child_xla_flags(num_devices):
   """XLA_FLAGS for a child process with `num_devices` simulated CPU devices: the session's
   flags (conftest: the tests' optimisation level) with that device count instead of 8."""

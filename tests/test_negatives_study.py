@@ -121,12 +121,7 @@ def test_fashion_arms_share_every_field_but_their_own(tmp_path):
   """The fashion_mnist study's 10 arms (--dry_run: nothing trains): only the arm fields differ
   (the debiased arms' bound and its parameters among them), and bank.candidates, which MoCo and
   SimCLR refuse (no bank), is 0 for them alone."""
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join([no_tensorflow(tmp_path), REPO,
-                                       env.get("PYTHONPATH", "")])
-  proc = subprocess.run([sys.executable, SCRIPT, "--dry_run",
-                         f"--workdir_root={tmp_path / 'runs'}"],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  proc = _in_process("--dry_run", f"--workdir_root={tmp_path / 'runs'}")
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   lines = proc.stdout.split("all others are shared):")[1].strip().splitlines()
   table = [line for line in lines if "mi_contrast.main" not in line]

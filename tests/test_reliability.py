@@ -19,16 +19,14 @@ import time
 
 import pytest
 
-from helpers import REPO, child_xla_flags, no_tensorflow, checkpoint_steps as _checkpoint_steps
+from helpers import REPO, TINY_MAIN_FLAGS, child_xla_flags, no_tensorflow
+from helpers import checkpoint_steps as _checkpoint_steps
 
 pytestmark = pytest.mark.slow   # child processes that train and are killed
 
 EVERY = 4  # checkpoint_every_steps
-FLAGS = ["--config=configs/ring.py", "--config.num_epochs=1", "--config.width=8",
-         "--config.head_hidden=32", "--config.embedding_dim=16", "--config.num_negatives=64",
-         "--config.global_batch_size=64", "--config.probe_epochs=2", "--config.warmup_epochs=0",
-         f"--config.checkpoint_every_steps={EVERY}", "--config.log_every_steps=2",
-         "--config.eval_every_steps=1000"]
+FLAGS = TINY_MAIN_FLAGS + [f"--config.checkpoint_every_steps={EVERY}",
+                           "--config.log_every_steps=2", "--config.eval_every_steps=1000"]
 
 HOLD = textwrap.dedent("""
     import os, time

@@ -15,7 +15,7 @@ from mi_contrast import run as run_lib
 from mi_contrast import step as step_lib
 from mi_contrast import train
 import helpers
-from helpers import REPO, assert_devices_agree, child_xla_flags, tiny_config
+from helpers import REPO, TINY_MAIN_FLAGS, assert_devices_agree, child_xla_flags, tiny_config
 
 
 @pytest.mark.slow
@@ -113,11 +113,7 @@ def test_main_runs_without_tensorflow(tmp_path):
   env["PYTHONPATH"] = os.pathsep.join([str(blocker), REPO, env.get("PYTHONPATH", "")])
   env["XLA_FLAGS"] = child_xla_flags(2)
   workdir = tmp_path / "run"
-  cmd = [sys.executable, "-m", "mi_contrast.main", "--config=configs/ring.py",
-         f"--workdir={workdir}", "--config.num_epochs=1", "--config.width=8",
-         "--config.head_hidden=32", "--config.embedding_dim=16", "--config.probe_epochs=2",
-         "--config.warmup_epochs=0", "--config.num_negatives=64",
-         "--config.global_batch_size=64"]   # the programs of test_reliability.py's runs
+  cmd = [sys.executable, "-m", "mi_contrast.main", f"--workdir={workdir}", *TINY_MAIN_FLAGS]
   proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.load(open(workdir / "results.json"))
