@@ -1,6 +1,6 @@
 """Ring against uniform negatives, with seeds: IR, MoCo and SimCLR (and IR Ball) on one budget.
 
-  python experiments/negatives_study.py                      # fashion_mnist, 10 arms x 3 seeds
+  python experiments/negatives_study.py                      # fashion_mnist, 12 arms x 3 seeds
   python experiments/negatives_study.py --quick              # digits, tiny budget (~8 min here)
   python experiments/negatives_study.py --arms=ir_uniform,ir_ring --seeds=1337,1 --epochs=4
   python experiments/negatives_study.py --arms=ir_ring_wide \
@@ -10,8 +10,9 @@ Arms (config file -> method, negatives; study_arms.ARMS, where adding an arm is 
   ir_uniform configs/ir.py, ir_ring configs/ring.py, ir_ball configs/ball.py,
   moco_uniform configs/moco.py, moco_ring configs/moco_ring.py,
   simclr_uniform configs/simclr.py, simclr_ring configs/simclr_ring.py; and the debiased
-  (DCL) and hardness-tilted (HCL) objectives: ir_dcl, ir_hcl (configs/ir.py) and ir_ring_dcl
-  (configs/ring.py), their parameters chosen on the validation split.
+  (DCL) and hardness-tilted (HCL) objectives: ir_dcl, ir_hcl (configs/ir.py), ir_ring_dcl
+  (configs/ring.py), simclr_dcl and simclr_hcl (configs/simclr.py), their parameters chosen on
+  the validation split.
 This script runs and resumes them; study_arms.py builds their configs and study_analysis.py
 the JSON's summaries, tables and plot.
 CMC is left out: its L/ab split of Lab colour means nothing on grey images, so SimCLR stands in
@@ -42,11 +43,11 @@ ResNet at width 16) and its 20x20 training views; probes on the 10,000 test imag
 was the largest budget whose 21 runs of the first 7 arms fit in about 6 hours of the 2-core
 CPU (estimated there: IR about 65 s per epoch, MoCo and SimCLR, two views, about 75-90 s, and
 1-2 min of end-of-run probes per run: about 4.8 hours; the first IR runs took 18-21 minutes
-each with other jobs on the cores, so 6-7 hours is likelier); the 3 debiased arms add 9 IR
-runs. It is below the preset's 32 epochs (docs/results/fashion_mnist.md), so the networks
-compared are under-trained.
+each with other jobs on the cores, so 6-7 hours is likelier); the 5 debiased arms add 9 IR
+runs and 6 SimCLR runs. It is below the preset's 32 epochs (docs/results/fashion_mnist.md), so
+the networks compared are under-trained.
 --quick: digits (1,438 train / 359 test), 2 epochs of batch 128 (22 steps), a 30-epoch linear
-probe, seed 1337 alone, all 10 arms. It checks the plumbing, not the science.
+probe, seed 1337 alone, all 12 arms. It checks the plumbing, not the science.
 
 --data_dir: config.data_dir (the folder of the four IDX files), passed as --config.data_dir.
 

@@ -118,7 +118,7 @@ def test_quick_study_json_and_resume(tmp_path):
 
 @pytest.mark.slow
 def test_fashion_arms_share_every_field_but_their_own(tmp_path):
-  """The fashion_mnist study's 10 arms (--dry_run: nothing trains): only the arm fields differ
+  """The fashion_mnist study's 12 arms (--dry_run: nothing trains): only the arm fields differ
   (the debiased arms' bound and its parameters among them), and bank.candidates, which MoCo and
   SimCLR refuse (no bank), is 0 for them alone."""
   proc = _in_process("--dry_run", f"--workdir_root={tmp_path / 'runs'}")
@@ -131,11 +131,12 @@ def test_fashion_arms_share_every_field_but_their_own(tmp_path):
   assert rows["bank.candidates"] == {
       "ir_uniform": "8192", "ir_ring": "8192", "ir_ball": "8192", "moco_uniform": "0",
       "moco_ring": "0", "simclr_uniform": "0", "simclr_ring": "0", "ir_dcl": "8192",
-      "ir_hcl": "8192", "ir_ring_dcl": "8192"}
+      "ir_hcl": "8192", "ir_ring_dcl": "8192", "simclr_dcl": "0", "simclr_hcl": "0"}
   assert {a: b for a, b in rows["bound"].items() if b != "infonce"} == {
-      "ir_dcl": "dcl", "ir_hcl": "hcl", "ir_ring_dcl": "dcl"}
+      "ir_dcl": "dcl", "ir_hcl": "hcl", "ir_ring_dcl": "dcl", "simclr_dcl": "dcl",
+      "simclr_hcl": "hcl"}
   commands = [line for line in proc.stdout.splitlines() if "mi_contrast.main" in line]
-  assert len(commands) == 30 and all("--config.num_epochs=10" in c for c in commands)
+  assert len(commands) == 36 and all("--config.num_epochs=10" in c for c in commands)
 
 
 def _in_process(*argv):
