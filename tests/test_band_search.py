@@ -76,3 +76,36 @@ def test_the_search_cuts_every_row_as_a_stable_argsort(p):
     for name, g, w in zip(("inner", "band"), got, want):
       bad = np.flatnonzero(np.any(np.asarray(g) != w, axis=1))
       assert bad.size == 0, f"p={p} bands {i}: {name} differs in rows {bad.tolist()}"
+
+
+def _member_masks(p, rng):
+  """bool [20, p]: band masks of every layout the rank -> column lookup must handle: spread
+  over the row (dense, sparse), one run of members, a run plus a stray member, one member."""
+  masks = [rng.random((4, p)) < 0.9, rng.random((4, p)) < 0.02]
+  run = np.zeros((8, p), bool)
+  for i in range(8):
+    a = rng.integers(0, p)
+    run[i, a:rng.integers(a + 1, p + 1)] = True
+    if i >= 4:
+      run[i, rng.integers(0, p)] = True                              # a stray member
+  single = np.zeros((4, p), bool)
+  single[np.arange(4), [0, p - 1, p // 2, rng.integers(0, p)]] = True
+  mask = np.concatenate(masks + [run, single])
+  mask[~mask.any(axis=1), 0] = True                                  # every row has a member
+  return mask
+
+
+@pytest.mark.parametrize("p", [1, 33, 4000, 50000])
+def test_the_draw_lookup_returns_the_u_th_member_in_index_order(p):
+  """_draw_from_words (the u-th set bit of a row, the draws of band_negatives) equals numpy's
+  nonzero()[u] for every layout of members and for the first and last member of each row."""
+  rng = np.random.default_rng(p)
+  mask = _member_masks(p, rng)
+  size = mask.sum(axis=1)
+  u = (rng.integers(0, 1 << 30, (mask.shape[0], 64)) % size[:, None]).astype(np.int32)
+  u[:, 0], u[:, 1] = 0, size - 1
+  words = negatives._pack_words(jnp.asarray(mask))
+  got = np.asarray(jax.jit(negatives._draw_from_words)(words, jnp.asarray(u)))
+  want = np.stack([np.flatnonzero(row)[draws] for row, draws in zip(mask, u)])
+  bad = np.flatnonzero(np.any(got != want, axis=1))
+  assert bad.size == 0, f"p={p}: rows {bad.tolist()} differ"
