@@ -80,6 +80,7 @@ __all__ = [
 ]
 
 _WORD = 32                      # bits per packed mask word, and columns per counting group
+_OPEN_STEPS = 6                 # search steps that may step out from an infinite bracket end
 _MOMENT_SAMPLE = 2048           # columns used to estimate a row's mean and spread
 
 
@@ -318,7 +319,7 @@ def _propose(state, targets):
   The Gaussian quantile of the row at the first step, a Newton step from the last count at the
   second, then Illinois regula falsi between the bracket's ends (stepping out by a doubling
   stride while an end is still infinite); a bisection when two steps did not halve the
-  bracket's count.
+  bracket's count (once both ends are finite, or after _OPEN_STEPS steps).
   """
   steps, lo, hi, last = state.steps, state.lo, state.hi, state.last
   z_lo, z_hi, w_lo, w_hi = state.z_lo, state.z_hi, state.w_lo, state.w_hi
@@ -330,10 +331,14 @@ def _propose(state, targets):
   a = (z_target - z_lo) * w_lo
   b = (z_hi - z_target) * w_hi
   interp = v_lo + (v_hi - v_lo) * (a / (a + b))
-  # While one end is still infinite, step out from the other one, doubling the stride.
+  # While one end is still infinite, step out from the other one: a Newton step of the
+  # Gaussian model that doubles with every step. Its length is the finite end's distance to
+  # the target, however small (a step of half a standard deviation overshot an end a few
+  # ranks from the target by thousands of ranks, which the regula falsi then took several
+  # steps to bring back).
   stride = std * jnp.exp2((steps - 1).astype(jnp.float32))
-  interp = jnp.where(jnp.isinf(v_hi), v_lo + stride * jnp.maximum(z_target - z_lo, 0.5), interp)
-  interp = jnp.where(jnp.isinf(v_lo), v_hi - stride * jnp.maximum(z_hi - z_target, 0.5), interp)
+  interp = jnp.where(jnp.isinf(v_hi), v_lo + stride * jnp.maximum(z_target - z_lo, 0.0), interp)
+  interp = jnp.where(jnp.isinf(v_lo), v_hi - stride * jnp.maximum(z_hi - z_target, 0.0), interp)
   # The first two steps follow a Gaussian model of the row (robust to outliers such as the
   # anchor's own entry): its quantile, then a Newton step from the last count.
   newton = jnp.where(last == 1, v_lo + std * (z_target - z_lo), v_hi + std * (z_target - z_hi))
@@ -346,7 +351,11 @@ def _propose(state, targets):
   wide = (jnp.abs(v_hi) > 2 * jnp.abs(v_lo)) | (jnp.abs(v_lo) > 2 * jnp.abs(v_hi))
   mid = jnp.where(crosses, _to_key(jnp.float32(0.0)),
                   jnp.where(wide, lo + (hi - lo) // 2, _to_key(0.5 * v_lo + 0.5 * v_hi)))
-  key = jnp.where(2 * width > state.width2, mid, key)
+  # Not while an end is infinite (the count cannot halve before the bracket is closed), for
+  # the first _OPEN_STEPS steps: the doubling step-out closes it first for any row short of
+  # extreme tails, which the bisection of the bit pattern then handles.
+  open_end = (jnp.isinf(v_lo) | jnp.isinf(v_hi)) & (steps < _OPEN_STEPS)
+  key = jnp.where((2 * width > state.width2) & ~open_end, mid, key)
   return jnp.clip(key, lo + 1, jnp.maximum(hi, lo + 2) - 1)
 
 
