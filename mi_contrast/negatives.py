@@ -452,24 +452,19 @@ def _band_cuts(x, start, end):
 def _tie_cutoffs(x, t, need, partial):
   """Index cutoffs J [N, C]: the first ``need`` entries equal to ``t`` are those below J.
 
-  Only rows with a tie at a band edge (``partial``) are searched, a few rows at a time, by
-  bisection over the index (about log2(P) counting passes each); other rows get J = P.
+  Only rows with a tie at a band edge (``partial``) are resolved, a few rows at a time: J is one
+  past the column of the ``need``-th entry equal to ``t``, found in the packed mask of the
+  entries equal to ``t`` by the draws' lookup (one pass over the rows); other rows get J = P.
   """
   n, p = x.shape
+  c = t.shape[1]
   chunk = _chunk_rows(n)
-  col = jnp.arange(p, dtype=jnp.int32)
 
   def resolve(rows, t, need):
-    eq = rows[:, None, :] == t[:, :, None]
-
-    def body(_, bounds):
-      lo, hi = bounds                      # count(lo) < need <= count(hi)
-      mid = (lo + hi) // 2
-      ok = _row_sum(eq & (col[None, None, :] < mid[:, :, None])) >= need
-      return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
-
-    init = _c.match_varying((jnp.zeros_like(need), jnp.full_like(need, p)), rows, t, need)
-    return lax.fori_loop(0, p.bit_length(), body, init)[1]
+    k = rows.shape[0]
+    eq = (rows[:, None, :] == t[:, :, None]).reshape(k * c, p)
+    column = _draw_from_words(_pack_words(eq), (need - 1).reshape(k * c, 1))
+    return column.reshape(k, c) + 1
 
   def next_rows(carry):
     todo, cutoff = carry
@@ -914,7 +909,16 @@ def _band_negatives(rng, anchors, pool, lower, upper, num, *, temperature, candi
   # hold fewer members than counted.
   local = jnp.clip(_draw_from_words(words, u), 0, x.shape[1] - 1)
 
-  scores = jnp.take_along_axis(logits, local, axis=1).astype(jnp.float32)
+  # A flat gather of in-bounds indices (local is clipped above): take_along_axis builds [B,
+  # num, 2] index pairs and masks out-of-bounds reads, which cost more than the gather itself.
+  # (Only while a flat int32 index reaches every entry.)
+  m = logits.shape[1]
+  if b * m < 2 ** 31:
+    flat = jnp.arange(b, dtype=jnp.int32)[:, None] * m + local
+    scores = logits.reshape(-1).at[flat].get(mode="promise_in_bounds")
+  else:
+    scores = jnp.take_along_axis(logits, local, axis=1)
+  scores = scores.astype(jnp.float32)
   indices = local if cand is None else cand[local]
   if pool_rows is not None and cand is None:
     indices = jnp.minimum(indices, pool_rows - 1)
