@@ -1,10 +1,11 @@
-"""Evaluation protocols against independent implementations."""
+"""Evaluation protocols against independent implementations.
+
+scikit-learn is imported by the tests that use it, not when the file is collected (it costs
+every test process about a second).
+"""
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.preprocessing import StandardScaler
 
 from mi_contrast import config as config_lib
 from mi_contrast import probes
@@ -19,6 +20,8 @@ def _digits_features():
 
 @pytest.mark.slow
 def test_linear_probe_agrees_with_sklearn_logistic_regression():
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
+  from sklearn.preprocessing import StandardScaler  # pylint: disable=import-outside-toplevel
   train_x, train_y, test_x, test_y = _digits_features()
   c = config_lib.default_config()
   ours = probes.linear_probe(train_x, train_y, test_x, test_y, num_classes=10,
@@ -32,6 +35,7 @@ def test_linear_probe_agrees_with_sklearn_logistic_regression():
 
 
 def test_nearest_neighbour_agrees_with_sklearn():
+  from sklearn.neighbors import KNeighborsClassifier  # pylint: disable=import-outside-toplevel
   train_x, train_y, test_x, test_y = _digits_features()
   train_f, test_f = probes.normalize(train_x), probes.normalize(test_x)
   _, nn1 = probes.knn_accuracy(train_f, train_y, test_f, test_y, k=5, temperature=0.07,

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
 
 from mi_contrast import probes
 from mi_contrast import input_pipeline
@@ -89,7 +88,9 @@ def _standardised(train_x, test_x):
 
 
 def _sklearn_fewshot(train_x, train_y, test_x, test_y, *, same_objective):
-  """Per n, the mean test accuracy of scikit-learn's LogisticRegression on the same draws."""
+  """Per n, the mean test accuracy of scikit-learn's LogisticRegression on the same draws
+  (imported here: not when the file is collected)."""
+  from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
   train_s, test_s = _standardised(train_x, test_x)
   ones = lambda x: np.concatenate([x, np.ones((len(x), 1))], axis=1)
   out = {}

@@ -21,9 +21,11 @@ export.export_run as the CLI does, both as the numpy pickle and as a torch.save 
 (b)-(d) fresh ResNet-18 with the CIFAR stem, ResNet-18 with the ImageNet stem and ResNet-50.
 Detectron2 is not installed or run here: tests/test_export.py checks only its renaming.
 
-Skipped where torch is not importable, except with CI=true, where that fails.
+A test that needs torch is skipped where torch is not importable, except with CI=true, where
+that fails; torch is imported by the first such test, not when the file is collected.
 """
 
+import functools
 import os
 import pickle
 import shutil
@@ -35,16 +37,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
-try:
-  import torch
-  from torch import nn
-except ImportError:
-  if os.environ.get("CI") == "true":
-    pytest.fail("CI=true but torch is not importable: install it with "
-                "pip install -e \".[torch]\" (as .ci/run does).", pytrace=False)
-  pytest.skip("torch is not installed (pip install -e \".[torch]\"): the PyTorch equivalence "
-              "of the torchvision export is not checked.", allow_module_level=True)
 
 from mi_contrast import checkpoints
 from mi_contrast import export
@@ -60,82 +52,106 @@ BN_EPS = 1e-5
 # ----------------------------------------------------------------------------------------------
 
 
-def _bn(channels, eps):
-  return nn.BatchNorm2d(channels, eps=eps, momentum=0.1)
+def _require_torch():
+  """torch, imported when a test needs it (not at collection: `pytest -m "not slow"` runs none
+  of this file's torch tests, and importing torch costs each test process seconds). Skips the
+  test where torch is missing, except with CI=true, where that fails."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    if os.environ.get("CI") == "true":
+      pytest.fail("CI=true but torch is not importable: install it with "
+                  "pip install -e \".[torch]\" (as .ci/run does).", pytrace=False)
+    pytest.skip("torch is not installed (pip install -e \".[torch]\"): the PyTorch equivalence "
+                "of the torchvision export is not checked.")
+  return torch
 
 
-class Block(nn.Module):
-  """torchvision's BasicBlock / Bottleneck (stride in the 3x3 convolution)."""
+@functools.lru_cache(maxsize=None)
+def _torch_resnet():
+  """The TorchResNet class (its modules are torch.nn subclasses, defined once torch is in)."""
+  torch = _require_torch()
+  from torch import nn  # pylint: disable=import-outside-toplevel
 
-  def __init__(self, inplanes, planes, stride, bottleneck, eps=BN_EPS):
-    super().__init__()
-    self.bottleneck = bottleneck
-    out = planes * (4 if bottleneck else 1)
-    if bottleneck:
-      self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-      self.bn1 = _bn(planes, eps)
-      self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-      self.bn2 = _bn(planes, eps)
-      self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-      self.bn3 = _bn(out, eps)
-    else:
-      self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-      self.bn1 = _bn(planes, eps)
-      self.conv2 = nn.Conv2d(planes, out, 3, 1, 1, bias=False)
-      self.bn2 = _bn(out, eps)
-    self.downsample = None
-    if stride != 1 or inplanes != out:
-      self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False),
-                                      _bn(out, eps))
-
-  def forward(self, x):
-    y = torch.relu(self.bn1(self.conv1(x)))
-    if self.bottleneck:
-      y = torch.relu(self.bn2(self.conv2(y)))
-      y = self.bn3(self.conv3(y))
-    else:
-      y = self.bn2(self.conv2(y))
-    residual = x if self.downsample is None else self.downsample(x)
-    return torch.relu(y + residual)
+  def _bn(channels, eps):
+    return nn.BatchNorm2d(channels, eps=eps, momentum=0.1)
 
 
-class TorchResNet(nn.Module):
-  """models.ResNet in torch: [B, C, H, W] normalised images -> pooled features [B, C_last]."""
+  class Block(nn.Module):
+    """torchvision's BasicBlock / Bottleneck (stride in the 3x3 convolution)."""
 
-  def __init__(self, stages, bottleneck=False, width=64, stem="cifar", in_channels=3,
-               eps=BN_EPS):
-    super().__init__()
-    if stem == "cifar":
-      self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-      self.maxpool = None
-    elif stem == "imagenet":
-      self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
-      self.maxpool = nn.MaxPool2d(3, 2, 1)
-    else:
-      raise ValueError(stem)
-    self.bn1 = _bn(width, eps)
-    inplanes = width
-    for s, num_blocks in enumerate(stages):
-      planes = width * 2**s
-      blocks = []
-      for b in range(num_blocks):
-        blocks.append(Block(inplanes, planes, 2 if (s > 0 and b == 0) else 1, bottleneck, eps))
-        inplanes = planes * (4 if bottleneck else 1)
-      setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
-    self.num_stages = len(stages)
+    def __init__(self, inplanes, planes, stride, bottleneck, eps=BN_EPS):
+      super().__init__()
+      self.bottleneck = bottleneck
+      out = planes * (4 if bottleneck else 1)
+      if bottleneck:
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = _bn(planes, eps)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = _bn(planes, eps)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = _bn(out, eps)
+      else:
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = _bn(planes, eps)
+        self.conv2 = nn.Conv2d(planes, out, 3, 1, 1, bias=False)
+        self.bn2 = _bn(out, eps)
+      self.downsample = None
+      if stride != 1 or inplanes != out:
+        self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False),
+                                        _bn(out, eps))
 
-  def forward(self, x):
-    x = torch.relu(self.bn1(self.conv1(x)))
-    if self.maxpool is not None:
-      x = self.maxpool(x)
-    for s in range(self.num_stages):
-      x = getattr(self, f"layer{s + 1}")(x)
-    return x.mean(dim=(2, 3))
+    def forward(self, x):
+      y = torch.relu(self.bn1(self.conv1(x)))
+      if self.bottleneck:
+        y = torch.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+      else:
+        y = self.bn2(self.conv2(y))
+      residual = x if self.downsample is None else self.downsample(x)
+      return torch.relu(y + residual)
+
+
+  class TorchResNet(nn.Module):
+    """models.ResNet in torch: [B, C, H, W] normalised images -> pooled features [B, C_last]."""
+
+    def __init__(self, stages, bottleneck=False, width=64, stem="cifar", in_channels=3,
+                 eps=BN_EPS):
+      super().__init__()
+      if stem == "cifar":
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.maxpool = None
+      elif stem == "imagenet":
+        self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+      else:
+        raise ValueError(stem)
+      self.bn1 = _bn(width, eps)
+      inplanes = width
+      for s, num_blocks in enumerate(stages):
+        planes = width * 2**s
+        blocks = []
+        for b in range(num_blocks):
+          blocks.append(Block(inplanes, planes, 2 if (s > 0 and b == 0) else 1, bottleneck, eps))
+          inplanes = planes * (4 if bottleneck else 1)
+        setattr(self, f"layer{s + 1}", nn.Sequential(*blocks))
+      self.num_stages = len(stages)
+
+    def forward(self, x):
+      x = torch.relu(self.bn1(self.conv1(x)))
+      if self.maxpool is not None:
+        x = self.maxpool(x)
+      for s in range(self.num_stages):
+        x = getattr(self, f"layer{s + 1}")(x)
+      return x.mean(dim=(2, 3))
+
+  return TorchResNet
 
 
 def torch_features(state_dict, images_nhwc, **layout):
   """Strict load of `state_dict` (numpy arrays or tensors), eval mode, features as numpy."""
-  net = TorchResNet(**layout)
+  torch = _require_torch()
+  net = _torch_resnet()(**layout)
   assert list(state_dict) == list(net.state_dict()), "export order != torchvision's order"
   tensors = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v)
              for k, v in state_dict.items()}
@@ -246,6 +262,7 @@ def _images(shape, seed):
                                             ("resnet18", "imagenet", 64),
                                             ("resnet50", "imagenet", 64)])
 def test_fresh_resnet_matches_torch(arch, stem, size):
+  _require_torch()
   block, stages = models.ARCHITECTURES[arch]
   layout = dict(stages=stages, bottleneck=block == "bottleneck", width=64, stem=stem)
   resnet = models.ResNet(**layout)
@@ -299,6 +316,7 @@ def _perturbed_run(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_trained_digits_run_matches_torch(tiny_run, tmp_path):
+  torch = _require_torch()
   run, encoder, params, stats, layout = _perturbed_run(tiny_run, tmp_path)
   pkl, pt = str(tmp_path / "backbone.pkl"), str(tmp_path / "backbone.pt")
   assert export.export_run(run, "torchvision", pkl)["checkpoint_step"] == 3
