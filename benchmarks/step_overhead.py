@@ -49,6 +49,10 @@ epoch); its share is negative: the cost it adds. A part the config's step does n
 (band parts of uniform negatives, the backbone of a two-stream encoder) is reported as
 skipped. Shares of different parts overlap where XLA fuses them and need not sum to one.
 
+Like the trainer (python -m mi_contrast.main), the script sets glibc's allocator to keep the
+step's buffers before JAX starts, on a CPU (mi_contrast/host_malloc.py); the record's
+`host_malloc` says whether it did (null: glibc's defaults, e.g. MI_CONTRAST_MALLOC=default).
+
 --batch overrides the preset's global batch (a ResNet-18 step at batch 256 takes about 45 s
 on a 2-core CPU); the ratio is what matters and the output records the batch used. The record
 keeps the machine's load average before and after the measurement and the CPU model: on a
@@ -77,6 +81,7 @@ from jax.sharding import PartitionSpec as P
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from mi_contrast import host_malloc  # noqa: E402
 from mi_contrast import input_pipeline  # noqa: E402
 from mi_contrast import methods  # noqa: E402
 from mi_contrast import models  # noqa: E402
@@ -472,6 +477,9 @@ def main(argv=None):
                       help="JSON file (default: benchmarks/results/step_overhead_<config>.json; "
                            "'-' writes none)")
   args = parser.parse_args(argv)
+  # As the trainer does before JAX starts (python -m mi_contrast.main): on a CPU, glibc's
+  # allocator keeps the step's buffers (mi_contrast/host_malloc.py).
+  malloc_settings = host_malloc.tune()
   parts = () if args.parts == "none" else tuple(p for p in args.parts.split(",") if p)
   unknown = sorted(set(parts) - set(PARTS + ADDED))
   if unknown:
@@ -486,7 +494,7 @@ def main(argv=None):
   result = {"benchmark": "step_overhead", "config": args.config,
             **measure(config, rows, args.reps, parts, log=log),
             "preset_global_batch": load_config(args.config)[0].global_batch_size,
-            "overrides": args.set}
+            "overrides": args.set, "host_malloc": malloc_settings}
   for part, row in result["breakdown"].items():
     log(f"{part:>20}: {100 * row['share']:+6.1f}% of the full step")
   output = args.output or os.path.join(RESULTS, f"step_overhead_{name}.json")

@@ -55,6 +55,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from mi_contrast import export  # noqa: E402
+from mi_contrast import host_malloc  # noqa: E402
 from mi_contrast import models  # noqa: E402
 from mi_contrast import negatives as negatives_lib  # noqa: E402
 from mi_contrast import views as views_lib  # noqa: E402
@@ -381,6 +382,9 @@ def main(argv=None):
                       help="JSON file (default: benchmarks/results/torch_step_<config>.json; "
                            "'-' writes none)")
   args = parser.parse_args(argv)
+  # As the trainer does before JAX starts: on a CPU, glibc's allocator keeps the step's
+  # buffers (mi_contrast/host_malloc.py); both sides of the comparison run under it.
+  malloc_settings = host_malloc.tune()
   config, name = step_overhead.load_config(args.config)
   if args.batch:
     config.global_batch_size = args.batch
@@ -394,7 +398,7 @@ def main(argv=None):
           file=sys.stderr)
   log = lambda line: print(line, file=sys.stderr, flush=True)
   result = {"benchmark": "torch_step", "config": args.config, "overrides": args.set,
-            **measure(config, rows, args.reps, log=log)}
+            "host_malloc": malloc_settings, **measure(config, rows, args.reps, log=log)}
   output = args.output or os.path.join(RESULTS, f"torch_step_{name}.json")
   if output != "-":
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
