@@ -22,10 +22,12 @@ Usage (from the repository root):
   python benchmarks/ring_speed.py [--reps 7] [--cases ir_ring,ir_uniform] [--no-torch]
       [--torch-reference ../shared/bench/torch_reference_ring.py] [--out FILE]
 Writes benchmarks/results/ring_speed.json (medians and every repetition, with the machine's
-CPU model and its load averages before and after). Without torch installed only the JAX side
-runs. torch is a benchmark-only dependency, never a dependency of the package; its OpenMP
-threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set) so that they do not spin on the
-cores while the JAX side runs, and the record keeps the OMP_* settings and torch's threads.
+CPU model and its load averages before and after). On a CPU the script sets glibc's allocator
+as the trainer does (mi_contrast/host_malloc.py; the record's `host_malloc`). Without torch
+installed only the JAX side runs. torch is a benchmark-only dependency, never a dependency of
+the package; its OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set) so that
+they do not spin on the cores while the JAX side runs, and the record keeps the OMP_* settings
+and torch's threads.
 """
 
 import os
@@ -46,6 +48,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from mi_contrast import host_malloc  # noqa: E402
 from mi_contrast import negatives  # noqa: E402
 
 TEMPERATURE = 0.07
@@ -178,6 +181,9 @@ def main(argv=None):
   parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results",
                                                     "ring_speed.json"))
   args = parser.parse_args(argv)
+  # As the trainer does before JAX starts: on a CPU, glibc's allocator keeps the buffers of
+  # each call (mi_contrast/host_malloc.py); every case, JAX and PyTorch, runs under it.
+  malloc_settings = host_malloc.tune()
   load_before = os.getloadavg()
   cases = [c for c in args.cases.split(",") if c]
   unknown = sorted(set(cases) - set(CASES))
@@ -267,7 +273,8 @@ def main(argv=None):
       "benchmark": "ring_speed",
       "loss": "-(pos - logsumexp([pos, negatives])).mean(), forward + backward w.r.t. z",
       "batch": b, "dim": d, "k": args.k, "outer": args.outer, "inner": args.inner,
-      "temperature": TEMPERATURE, "reps": args.reps, "statistic": "median over reps; in "
+      "temperature": TEMPERATURE, "reps": args.reps, "host_malloc": malloc_settings,
+      "statistic": "median over reps; in "
       "each repetition every case in turn (order rotated) and within a case torch and jax in "
       "turn (order alternated), one process; every call on fresh inputs (bank, anchors, "
       "indices, key) drawn and placed before its timer starts; warm-up excluded",

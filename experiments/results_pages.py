@@ -496,7 +496,8 @@ def bench_ring_speed(r):
     lines.append(row(c["case"], pool, f"{c['torch_median_ms']:,.0f}",
                      f"{c['jax_median_ms']:,.0f}", f"{c['speedup_torch_over_jax']:.2f}x"))
   return lines, (f"Batch {r['batch']}, dim {r['dim']}, K = {r['k']:,}, rho_o = {r['outer']}, "
-                 f"rho_i = {r['inner']}; {r['statistic']}; torch {r['torch']['version']}.")
+                 f"rho_i = {r['inner']}; {r['statistic']}; torch {r['torch']['version']}; "
+                 f"allocator: {_allocator(r)}.")
 
 
 def bench_band_drift(r):
@@ -554,9 +555,16 @@ def _shape(shape):
   return "x".join(str(d) for d in shape) if shape else "- (not recorded)"
 
 
+def _allocator(r):
+  """What a timing record says of the host allocator (mi_contrast/host_malloc.py)."""
+  if "host_malloc" not in r:
+    return "glibc defaults (not recorded)"
+  return "one arena, kept (host_malloc)" if r["host_malloc"] else "glibc defaults"
+
+
 def bench_step_overhead(records):
   paths = records.glob(BENCH + "step_overhead_*.json")
-  lines = header("record", "config", "overrides", "batch", "full step views",
+  lines = header("record", "config", "overrides", "batch", "allocator", "full step views",
                  "backbone step views", "full img/s", "backbone img/s", "overhead_ratio",
                  "reps")
   machines = []
@@ -566,7 +574,7 @@ def bench_step_overhead(records):
                                                 else None)
     lines.append(row(f"`{os.path.basename(path)}`", r["config"],
                      ", ".join(r.get("overrides") or []) or "-", r["global_batch"],
-                     _shape(r.get("full_view_shape")), _shape(backbone),
+                     _allocator(r), _shape(r.get("full_view_shape")), _shape(backbone),
                      f"{r['full_images_per_s_per_device']:,.1f}",
                      f"{r['backbone_images_per_s_per_device']:,.1f}",
                      f"{r['overhead_ratio']:.2f}", len(r["full_times_s"])))
@@ -585,7 +593,7 @@ def bench_step_parts(r):
     lines.append(row(part + sign, f"{100 * b['share']:+.1f}%",
                      f"{100 * b['share_pair_median']:+.1f}%",
                      f"{1000 * b['variant_step_s']:,.0f}"))
-  note = (f"Full step {1000 * r['full_step_s']:,.0f} ms, backbone step "
+  note = (f"Allocator: {_allocator(r)}. Full step {1000 * r['full_step_s']:,.0f} ms, backbone step "
           f"{1000 * r['backbone_step_s']:,.0f} ms on views "
           f"{_shape(r.get('backbone_view_shape'))}, overhead_ratio "
           f"{r['overhead_ratio']:.2f}; batch {r['global_batch']}, {len(r['full_times_s'])} "
@@ -610,6 +618,7 @@ def bench_torch_step(r):
                    f"{r['jax_devices']} device(s), the project's train step"))
   omp = ", ".join(f"{k}={v}" for k, v in r["torch"]["omp_env"].items()) or "none"
   return lines, (f"PyTorch / JAX = {r['torch_over_jax']:.2f} (below 1: PyTorch is faster); "
+                 f"allocator (both sides): {_allocator(r)}; "
                  f"batch {r['global_batch']}, views {_shape(r['view_shape'])}, bank "
                  f"{r['bank_rows']:,} rows, {r['candidates']:,} candidates, K = "
                  f"{r['num_negatives']:,}, {r['reps']} alternating repetitions; OMP: {omp}.")
