@@ -452,19 +452,24 @@ def _band_cuts(x, start, end):
 def _tie_cutoffs(x, t, need, partial):
   """Index cutoffs J [N, C]: the first ``need`` entries equal to ``t`` are those below J.
 
-  Only rows with a tie at a band edge (``partial``) are resolved, a few rows at a time: J is one
-  past the column of the ``need``-th entry equal to ``t``, found in the packed mask of the
-  entries equal to ``t`` by the draws' lookup (one pass over the rows); other rows get J = P.
+  Only rows with a tie at a band edge (``partial``) are searched, a few rows at a time, by
+  bisection over the index (about log2(P) counting passes each); other rows get J = P.
   """
   n, p = x.shape
-  c = t.shape[1]
   chunk = _chunk_rows(n)
+  col = jnp.arange(p, dtype=jnp.int32)
 
   def resolve(rows, t, need):
-    k = rows.shape[0]
-    eq = (rows[:, None, :] == t[:, :, None]).reshape(k * c, p)
-    column = _draw_from_words(_pack_words(eq), (need - 1).reshape(k * c, 1))
-    return column.reshape(k, c) + 1
+    eq = rows[:, None, :] == t[:, :, None]
+
+    def body(_, bounds):
+      lo, hi = bounds                      # count(lo) < need <= count(hi)
+      mid = (lo + hi) // 2
+      ok = _row_sum(eq & (col[None, None, :] < mid[:, :, None])) >= need
+      return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    init = _c.match_varying((jnp.zeros_like(need), jnp.full_like(need, p)), rows, t, need)
+    return lax.fori_loop(0, p.bit_length(), body, init)[1]
 
   def next_rows(carry):
     todo, cutoff = carry
