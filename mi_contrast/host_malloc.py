@@ -43,8 +43,8 @@ def _backend_started():
     return False
   try:
     from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
-    return bool(getattr(xla_bridge, "_backends", None))
-  except ImportError:
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):
     return True    # cannot tell: leave the allocator alone
 
 
@@ -56,9 +56,11 @@ def tune():
     return None
   try:
     libc = ctypes.CDLL("libc.so.6")
-    libc.gnu_get_libc_version      # glibc only (musl has no mallopt arenas)
+    is_glibc = hasattr(libc, "gnu_get_libc_version")   # musl has no arenas to set
     mallopt = libc.mallopt
   except (OSError, AttributeError):
+    return None
+  if not is_glibc:
     return None
   ok = (mallopt(_M_ARENA_MAX, 1) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
         and mallopt(_M_MMAP_MAX, 0) == 1)
