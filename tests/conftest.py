@@ -21,8 +21,8 @@ if "xla_backend_optimization_level" not in flags:
 # 7.7-9.3 s -> 5.5-5.8 s) with results equal to rounding. Two invariants are properties of the
 # default emitters rather than of the package (make_views under vmap equal to jit, where a crop
 # coordinate one rounding apart moves a pixel; training bit-identical with the false-negative
-# diagnostic on and off): those tests compile their
-# programs with the default emitters (helpers.DEFAULT_EMITTERS, as jax.jit's compiler_options).
+# diagnostic on and off): those tests compile their programs with the default emitters
+# (xla_options.DEFAULT_EMITTERS, as jax.jit's compiler_options).
 if "xla_cpu_use_fusion_emitters" not in flags:
   flags += " --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = flags.strip()
@@ -67,7 +67,6 @@ FILE_ORDER = (
     "test_checkpoint_faults.py",     # 104
     "test_train.py",                 # 94
     "test_reliability.py",           # 81
-    "test_public_api.py",            # 76
     "test_negatives_study.py",       # 75
     "test_multiprocess.py",          # 69
     "test_scale.py",                 # 60
@@ -81,10 +80,13 @@ FILE_ORDER = (
     "test_imagenet_stream.py",       # 32
     "test_debiased.py",              # 30
     "test_cmc.py",                   # 30
+    "test_transformations.py",       # 30
     "test_bounds.py",                # 26
     "test_moco.py",                  # 25
+    "test_public_api.py",            # 24
     "test_torch_export.py",          # 21
     "test_export.py",                # 19
+    "test_views_transformations.py", # 18
     "test_small_fixes.py",           # 17
     "test_views.py",                 # 16
     "test_custom_method.py",         # 12

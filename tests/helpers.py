@@ -85,11 +85,6 @@ def child_xla_flags(num_devices):
   return " ".join(kept + [f"--xla_force_host_platform_device_count={num_devices}"])
 
 
-# XLA's default fusion emitters (conftest compiles with the older ones), as compiler options of
-# one program: `jax.jit(f, compiler_options=DEFAULT_EMITTERS)` or `lowered.compile(...)`. For the
-# invariants that hold to the last bit with the default emitters, and that the older ones
-# change by a rounding.
-DEFAULT_EMITTERS = {"xla_cpu_use_fusion_emitters": True}
 
 
 def no_tensorflow(directory):

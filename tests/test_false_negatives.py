@@ -30,7 +30,8 @@ from mi_contrast.mesh import make_mesh
 from mi_contrast.methods import ir
 from mi_contrast.methods import moco
 from mi_contrast.methods import sharded_bank
-from helpers import DEFAULT_EMITTERS, tiny_config
+from helpers import tiny_config
+from xla_options import DEFAULT_EMITTERS
 
 # Six pool images: classes 0, 0, 1, 1, 2 and one without a label (-1).
 LABELS = [0, 0, 1, 1, 2, -1]

@@ -4,6 +4,8 @@ inside methods/."""
 import ast
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -89,3 +91,20 @@ def test_only_methods_know_a_method_by_name():
       if pattern.search(line):
         found.append(f"{dotted}:{number}: {line.strip()}")
   assert not found, found
+
+
+@pytest.mark.slow   # child processes
+def test_checks_is_a_leaf_and_config_and_methods_do_not_import_each_other():
+  """checks.py imports nothing of the package; config imports methods only inside validate
+  (methods never import config), so neither import pulls in the other."""
+  tree = ast.parse(open(os.path.join(PACKAGE, "checks.py")).read())
+  imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+  imported += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+  assert not [m for m in imported if m.split(".")[0] == "mi_contrast"], imported
+  code = ("import sys\n"
+          "import mi_contrast.{0}\n"
+          "assert 'mi_contrast.{1}' not in sys.modules, sorted(sys.modules)\n")
+  for first, other in (("config", "methods"), ("methods", "config")):
+    out = subprocess.run([sys.executable, "-c", code.format(first, other)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]

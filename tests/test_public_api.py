@@ -1,10 +1,9 @@
-"""The light public API as a product: every public function of bounds, negatives, schedules and
-views gives the same result under jit, vmap, pmap and jax.shard_map (with its defaults) as
-called plainly; its contracts are checked with errors that name the argument; the docstring
-examples run; -inf means "not a negative"; no padding row is ever returned."""
+"""The light public API as a product: its functions are annotated, their docstring examples run,
+their contracts are checked with errors that name the argument, -inf means "not a negative", and
+no padding row is ever returned. (Every function under jit, vmap, pmap and shard_map:
+tests/test_transformations.py.)"""
 
 import doctest
-import functools
 import inspect
 import math
 
@@ -12,271 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from helpers import DEFAULT_EMITTERS
+from api_cases import ANCHORS, B, BANK, BOUND_CASES, IDS, KEY, LABELS, POS, T, scores, unit
 
 from mi_contrast import bounds
 from mi_contrast import negatives
 from mi_contrast import schedules
 from mi_contrast import views
-
-DEVICES = 8
-B = 2 * DEVICES               # rows of a batch: 2 per device
-MESH = jax.make_mesh((DEVICES,), ("b",))
-T = 0.1
-
-
-def _unit(x):
-  return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _scores(seed, shape):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=shape) / T, jnp.float32)
-
-
-def _transforms(fn, batched, shared, compiler_options=None):
-  """fn(*batched, *shared) under jit on the whole batch (the reference), and under vmap, pmap
-  and shard_map, each compiled with XLA's `compiler_options` (default: the session's).
-
-  batched: arrays (or pytrees) with a leading batch axis of B rows, split over the devices;
-  shared: arguments every device gets whole (pools, keys, scalars). fn must act on each row of
-  the batched arguments independently (as every function of the API does per example).
-  """
-  call = lambda *b: fn(*b, *shared)
-  run = lambda transformed, *args: transformed.lower(*args).compile(compiler_options)(*args)
-  plain = run(jax.jit(call), *batched)
-  results = {}
-  # vmap over a new leading axis of two copies of the batch.
-  twice = jax.tree.map(lambda a: jnp.stack([a, a]), batched)
-  results["vmap"] = jax.tree.map(lambda a: a[1], run(jax.jit(jax.vmap(call)), *twice))
-  split = jax.tree.map(lambda a: a.reshape((DEVICES, -1) + a.shape[1:]), batched)
-  merged = run(jax.pmap(call), *split)
-  results["pmap"] = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), merged)
-  sharded = jax.device_put(batched, NamedSharding(MESH, P("b")))
-  results["shard_map"] = run(jax.jit(jax.shard_map(call, mesh=MESH, in_specs=P("b"),
-                                                   out_specs=P("b"))), *sharded)
-  return plain, results
-
-
-def _assert_same(plain, results):
-  for name, out in results.items():
-    flat_p, tree_p = jax.tree.flatten(plain)
-    flat_o, tree_o = jax.tree.flatten(out)
-    assert tree_p == tree_o, name
-    for a, b in zip(flat_p, flat_o):
-      a, b = np.asarray(a), np.asarray(b)
-      assert a.shape == b.shape and a.dtype == b.dtype, name
-      if np.issubdtype(a.dtype, np.floating):
-        np.testing.assert_allclose(b, a, rtol=2e-6, atol=2e-6, err_msg=name)
-      else:
-        np.testing.assert_array_equal(b, a, err_msg=name)
-
-
-# ---------------------------------------------------------------------------------------------
-# Every public function under every transformation.
-# ---------------------------------------------------------------------------------------------
-
-POS = _scores(0, (B,))
-NEG = _scores(1, (B, 6)).at[:, 5].set(-jnp.inf)       # one entry per row is "not a negative"
-MASK = jnp.asarray(np.random.default_rng(2).random((B, 6)) < 0.8)
-
-BOUND_CASES = {
-    "infonce": lambda p, n, m: bounds.infonce(p, n, m),
-    "infonce_cap": lambda p, n, m: bounds.infonce_cap(n, m),
-    "nce": lambda p, n, m: bounds.nce(p, n, 1.5, 1000, m),
-    "nwj": lambda p, n, m: bounds.nwj(p / 10, n / 10, m),
-    "dv": lambda p, n, m: bounds.dv(p, n, m),
-    "tuba": lambda p, n, m: bounds.tuba(p / 10, n / 10, p / 20, m),
-    "js": lambda p, n, m: bounds.js(p, n, m),
-    "interpolated_infonce": lambda p, n, m: bounds.interpolated_infonce(p / 10, n / 10, 0.3,
-                                                                        neg_mask=m),
-    "neighbour_view_objective": lambda p, n, m: bounds.neighbour_view_objective(p, n, m, ~m),
-    "dcl": lambda p, n, m: bounds.dcl(p, n, tau_plus=0.05, temperature=T, neg_mask=m),
-    "hcl": lambda p, n, m: bounds.hcl(p, n, beta=0.2, tau_plus=0.05, temperature=T,
-                                      neg_mask=m),
-    "hcl_clamped": lambda p, n, m: bounds.hcl_clamped(p, n, beta=0.2, tau_plus=0.05,
-                                                      temperature=T, neg_mask=m),
-}
-
-
-def test_every_public_bound_has_a_case():
-  assert sorted(BOUND_CASES) == sorted(bounds.__all__)
-
-
-@functools.lru_cache(maxsize=None)
-def _all_bounds():
-  """Every bound under every transformation, compiled as one program per transformation."""
-  every = lambda p, n, m: {name: fn(p, n, m) for name, fn in BOUND_CASES.items()}
-  return _transforms(every, (POS, NEG, MASK), ())
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(BOUND_CASES))
-def test_bound_under_transformations(name):
-  plain, results = _all_bounds()
-  _assert_same(plain[name], {k: v[name] for k, v in results.items()})
-  if name != "hcl_clamped":
-    assert np.all(np.isfinite(np.asarray(plain[name])))
-
-
-SIMS = _scores(3, (B, 40))
-BANK = jnp.asarray(_unit(np.random.default_rng(4).normal(size=(300, 8))), jnp.float32)
-ANCHORS = jnp.asarray(_unit(np.random.default_rng(5).normal(size=(B, 8))), jnp.float32)
-IDS = jnp.arange(B, dtype=jnp.int32) * 7
-KEY = jax.random.key(11)
-LABELS = jnp.asarray(np.random.default_rng(6).integers(0, 3, 300), jnp.int32)
-
-NEGATIVE_CASES = {
-    # (fn, batched arguments, shared arguments)
-    "fractions_to_quantiles": (lambda o, i: negatives.fractions_to_quantiles(o, i),
-                               (jnp.linspace(0.1, 1.0, B), jnp.linspace(0.0, 0.5, B)), ()),
-    "band_bounds": (lambda lo, up: jax.vmap(lambda a, b: negatives.band_bounds(500, a, b))(lo, up),
-                    (jnp.linspace(0.0, 0.9, B), jnp.linspace(0.5, 1.0, B)), ()),
-    "ring_mask": (lambda s: negatives.ring_mask(s, 0.6, 0.95), (SIMS,), ()),
-    "ball_mask": (lambda s: negatives.ball_mask(s, 0.8), (SIMS,), ()),
-    "neighbour_masks": (lambda s: negatives.neighbour_masks(s, 0.6, 0.95), (SIMS,), ()),
-    "band_thresholds": (lambda s: negatives.band_thresholds(s, 0.6, 0.95), (SIMS,), ()),
-    "band_negatives": (
-        lambda a, ids, own, key, bank: negatives.band_negatives(
-            key, a, bank, 0.8, 0.98, 12, temperature=T, anchor_ids=ids, exclude_rows=own),
-        (ANCHORS, IDS, IDS), (KEY, BANK)),
-    "band_negatives_sampled": (
-        lambda a, ids, key, bank: negatives.band_negatives(
-            key, a, bank, 0.5, 0.9, 12, temperature=T, candidates=64, anchor_ids=ids,
-            pool_rows=250),
-        (ANCHORS, IDS), (KEY, BANK)),
-    "uniform_rows": (lambda ids, own, key: negatives.uniform_rows(key, ids, own, 300, 12),
-                     (IDS, IDS), (KEY,)),
-    "false_negative_counts": (
-        lambda rows, neg_rows, labels: jax.vmap(
-            lambda r, n: negatives.false_negative_counts(labels, r[None], n[None]))(rows, neg_rows),
-        (IDS, jnp.asarray(np.random.default_rng(7).integers(-1, 300, (B, 9)), jnp.int32)),
-        (LABELS,)),
-}
-
-
-def test_every_public_negatives_function_has_a_case():
-  assert set(negatives.__all__) <= {n.split("_sampled")[0] for n in NEGATIVE_CASES}
-
-
-# The cheap functions share one program per transformation; band_negatives has its own.
-_GROUPS = ({"band_negatives"}, {"band_negatives_sampled"})
-
-
-@functools.lru_cache(maxsize=None)
-def _negatives_group(names):
-  cases = [NEGATIVE_CASES[n] for n in names]
-  sizes = [len(batched) for _, batched, _ in cases]
-  shared = tuple(a for _, _, sh in cases for a in sh)
-  shared_sizes = [len(sh) for _, _, sh in cases]
-
-  def every(*args):
-    batched, shared_args = args[:sum(sizes)], args[sum(sizes):]
-    out, i, j = {}, 0, 0
-    for name, (fn, _, _), size, shared_size in zip(names, cases, sizes, shared_sizes):
-      out[name] = fn(*batched[i:i + size], *shared_args[j:j + shared_size])
-      i, j = i + size, j + shared_size
-    return out
-
-  batched = tuple(a for _, b, _ in cases for a in b)
-  return _transforms(every, batched, shared)
-
-
-def _group_of(name):
-  for group in _GROUPS:
-    if name in group:
-      return tuple(sorted(group))
-  return tuple(sorted(set(NEGATIVE_CASES) - set().union(*_GROUPS)))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(NEGATIVE_CASES))
-def test_negatives_under_transformations(name):
-  plain, results = _negatives_group(_group_of(name))
-  _assert_same(plain[name], {k: v[name] for k, v in results.items()})
-
-
-def test_schedules_under_transformations():
-  made = [schedules.constant(0.3), schedules.linear(1.0, 0.1, 40),
-          schedules.step(1.0, 0.1, 40, levels=4), schedules.exponential(1.0, 0.1, 0.5, 10),
-          schedules.cosine(1.0, 0.1, 40),
-          schedules.build("linear", init=1.0, final=0.2, anneal_steps=30)]
-
-  def all_schedules(steps, metric):
-    values = [jax.vmap(s)(steps) for s in made]
-    state = jax.vmap(lambda _: schedules.adaptive_init(1.0, 4))(steps)
-    state = jax.vmap(lambda st, m: schedules.adaptive_update(st, m, delta=0.1, lower=0.1,
-                                                             upper=1.0))(state, metric)
-    return values, state
-
-  steps = jnp.arange(B, dtype=jnp.int32) * 4
-  plain, results = _transforms(all_schedules, (steps, jnp.linspace(0.0, 1.0, B)), ())
-  _assert_same(plain, results)
-
-
-_RECIPE = [("random_resized_crop", {"scale": (0.3, 1.0), "size": 6}, 1.0),
-           ("random_horizontal_flip", {}, 1.0), ("color_jitter",
-            {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1}, 0.8),
-           ("random_grayscale", {"p": 0.2}, 1.0),
-           ("random_gaussian_blur", {"sigma": (0.1, 1.0)}, 0.5),
-           ("random_solarize", {}, 0.2), ("random_gaussian_noise", {"std": 0.02}, 1.0)]
-_IMAGES = np.random.default_rng(8).random((B, 8, 8, 3)).astype(np.float32)
-
-
-@pytest.mark.slow
-def test_views_under_transformations():
-  """Every public function of views but make_views (and the recipe functions it calls: the
-  next test) under every transformation."""
-  public = [n for n in views.__all__ if inspect.isfunction(getattr(views, n))]
-  used = {"make_views", "apply_recipe", "normalize_recipe"} | {op for op, _, _ in _RECIPE}
-  prims = {
-      "adjust_brightness": lambda im: views.adjust_brightness(im, 1.3),
-      "adjust_contrast": lambda im: views.adjust_contrast(im, 0.7),
-      "adjust_saturation": lambda im: views.adjust_saturation(im, 1.5),
-      "adjust_hue": lambda im: views.adjust_hue(im, 0.1),
-      "to_grayscale": views.to_grayscale,
-      "gaussian_blur": lambda im: views.gaussian_blur(im, 1.0),
-      "solarize": lambda im: views.solarize(im, 0.5),
-      "horizontal_flip": views.horizontal_flip,
-      "normalize": lambda im: views.normalize(im, (0.5, 0.5, 0.5), (0.2, 0.2, 0.2)),
-      "rgb_to_lab": views.rgb_to_lab,
-      "lab_split": views.lab_split,
-      "resized_crop": lambda im: views.resized_crop(im, 1, 2, 5, 4, 4),
-      "resize": lambda im: views.resize(im, 4),
-      "colormap": lambda im: views.colormap(im[..., :1]),
-  }
-  randoms = {
-      "random_intensity": views.random_intensity,
-      "sample_crop_box": lambda key, im: views.sample_crop_box(key, 8, 8),
-  }
-  untested = set(public) - used - set(prims) - set(randoms)
-  assert not untested, untested
-
-  def all_views(images, ids, key):
-    out = [jax.vmap(f)(images) for f in prims.values()]
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids)
-    out += [jax.vmap(f)(keys, images) for f in randoms.values()]
-    return out
-
-  plain, results = _transforms(all_views, (jnp.asarray(_IMAGES), IDS), (KEY,))
-  _assert_same(plain, results)
-
-
-@pytest.mark.slow
-def test_make_views_under_transformations():
-  """make_views with two recipes that use every random op, compiled with XLA's default fusion
-  emitters (helpers.DEFAULT_EMITTERS): with the older ones of the tests' session, one resampling
-  coordinate of one view came out one rounding apart under vmap, and the crop's floor turned
-  that into a different pixel."""
-
-  def both_views(images, ids, key):
-    return jnp.swapaxes(views.make_views(key, images, [_RECIPE, _RECIPE], image_ids=ids), 0, 1)
-
-  plain, results = _transforms(both_views, (jnp.asarray(_IMAGES), IDS), (KEY,),
-                               compiler_options=DEFAULT_EMITTERS)
-  _assert_same(plain, results)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,7 +129,7 @@ MASKABLE = ["infonce", "infonce_cap", "nce", "nwj", "dv", "tuba", "js", "interpo
 @pytest.mark.parametrize("name", MASKABLE)
 def test_minus_inf_is_exactly_a_masked_entry(name):
   fn = BOUND_CASES[name]
-  pos, neg = POS, _scores(9, (B, 6))
+  pos, neg = POS, scores(9, (B, 6))
   drop = jnp.asarray(np.random.default_rng(10).random((B, 6)) < 0.3).at[0].set(True)
   keep = ~drop
   as_inf = jnp.where(drop, -jnp.inf, neg)
@@ -414,7 +155,7 @@ def test_minus_inf_does_not_count_toward_k():
 @pytest.mark.slow
 def test_sampled_form_never_returns_a_padding_row():
   rng = np.random.default_rng(12)
-  pool = jnp.asarray(_unit(rng.normal(size=(200, 8))), jnp.float32)
+  pool = jnp.asarray(unit(rng.normal(size=(200, 8))), jnp.float32)
   # Padding rows nearer than any real row: a selection that reached them would prefer them.
   pool = pool.at[100:].set(pool[100:] * 0 + ANCHORS[0])
   sampled = jax.jit(lambda key, rows, m=None: negatives.band_negatives(
