@@ -8,7 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mi_contrast import bounds
+from jitted import jitted
+
+from mi_contrast import bounds as bounds_module
+
+
+bounds = jitted(bounds_module)
 
 SETTINGS = hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
 

@@ -47,6 +47,7 @@ def _numpy_infonce(anchor, bank, rows, neg_rows, tau):
   return pos - lse + np.log(1 + neg.shape[1])
 
 
+@pytest.mark.slow   # over 2 s on a 2-core CPU
 def test_both_directions_are_infonce_against_the_other_bank():
   b, n, d, k = 6, 32, 8, 31
   config = _dim(_config(num_negatives=k), d)

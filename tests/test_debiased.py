@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from mi_contrast import bounds
+from jitted import jitted
+
+from mi_contrast import bounds as bounds_module
 from mi_contrast import config as config_lib
 from mi_contrast import memory
 from mi_contrast import methods
@@ -18,6 +20,8 @@ from mi_contrast.methods import cmc
 from mi_contrast.methods import ir
 from mi_contrast.methods import moco
 from helpers import tiny_config
+
+bounds = jitted(bounds_module)
 
 T = 0.1
 
@@ -90,6 +94,7 @@ def test_no_overflow_at_low_temperature():
     np.testing.assert_allclose(np.asarray(value), want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow   # over 2 s on a 2-core CPU
 def test_gradient_by_finite_differences():
   pos, neg, keep = _cosine_scores(4, b=6, k=8, spread=0.4)
   pos = pos - 3.0                                   # rows away from the clamp
@@ -113,6 +118,7 @@ def test_gradient_by_finite_differences():
   assert np.all(np.asarray(g_neg)[~keep] == 0) and float(g_pos[0]) == 0.0
 
 
+@pytest.mark.slow   # over 2 s on a 2-core CPU
 def test_clamped_rows_give_their_negatives_no_gradient():
   pos = jnp.array([9.0, 0.0])
   neg = jnp.zeros((2, 5))

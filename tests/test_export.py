@@ -102,6 +102,7 @@ def test_layout_anchors():
   assert r50["layer4.2.conv3.weight"] == (2048, 512, 1, 1)
 
 
+@pytest.mark.slow   # builds three ResNets (ResNet-50 included)
 @pytest.mark.parametrize("arch,depth,stem,kernel", [
     ("resnet18", 18, "cifar", 3), ("resnet50", 50, "imagenet", 7), ("resnet34", 34, "cifar", 3)])
 def test_torchvision_and_detectron2_layouts(arch, depth, stem, kernel):

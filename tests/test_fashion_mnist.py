@@ -246,6 +246,7 @@ def test_counts_shapes_and_labels_are_checked(nowhere, monkeypatch):
     input_pipeline.load_fashion_mnist(str(data_dir))
 
 
+@pytest.mark.slow   # imports TensorFlow
 def test_a_prepared_tfds_data_dir_is_read_through_tfds(nowhere, monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
   pytest.importorskip("tensorflow")

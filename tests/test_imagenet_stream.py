@@ -11,6 +11,9 @@ from mi_contrast import train
 from helpers import mocked_tfds, no_network
 
 
+pytestmark = pytest.mark.slow   # every test imports TensorFlow
+
+
 @pytest.fixture(autouse=True)
 def _tensorflow_datasets():
   """Every test here needs tensorflow_datasets (and TensorFlow): imported when one runs, not when
@@ -85,7 +88,6 @@ def test_host_batches_are_fixed_size_crops_with_indices_and_deterministic(monkey
   assert all(x.shape == (24, 32, 32, 3) for x, _, _ in evaluated)
 
 
-@pytest.mark.slow
 def test_imagenet_preset_trains_resumes_exactly_and_evaluates(monkeypatch, tmp_path, mocked):
   _split_sizes(monkeypatch)
   config = tiny_imagenet(tmp_path / "tfds")

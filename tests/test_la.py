@@ -75,6 +75,7 @@ def test_la_with_every_image_its_own_cluster_is_ball():
   np.testing.assert_allclose(via_method.value, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow   # over 2 s on a 2-core CPU
 def test_la_matches_a_numpy_reference_and_is_looser_than_its_infonce():
   k = 30
   _, _, rows, scores, pos = _scores(6)
@@ -140,6 +141,7 @@ def test_la_loss_decreases_under_a_few_gradient_steps():
   assert losses[-1] < losses[0] - 0.1, losses
 
 
+@pytest.mark.slow   # over 2 s on a 2-core CPU
 def test_neighbour_views_without_an_inner_ball_is_the_ring_infonce():
   config = tiny_config("ring", temperature=0.1, **{"ir.neighbour_views": True})
   z, bank, rows, scores, pos = _scores(12)

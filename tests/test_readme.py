@@ -5,6 +5,8 @@ import math
 import os
 import re
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SNIPPET_HEADING = "## Using the bounds in another JAX project"
 TRAIN_COMMAND = ('pip install -e ".[train]" && python -m mi_contrast.main '
@@ -22,6 +24,7 @@ def _snippet():
   return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow   # over 2 s on a 2-core CPU
 def test_bounds_snippet_runs(capsys):
   code = _snippet()
   assert "from mi_contrast import bounds, negatives" in code

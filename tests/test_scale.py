@@ -185,6 +185,7 @@ def test_sharded_bank_places_rows_by_a_fixed_permutation_and_updates_like_the_re
   assert metrics["log_k_plus_1"] == pytest.approx(np.log(config.num_negatives + 1), rel=1e-6)
 
 
+@pytest.mark.slow   # over 2 s on a 2-core CPU
 def test_sharded_bank_objective_scores_each_shard_band():
   """Positives come from the row's shard; each shard's negatives lie in that shard's band."""
   devices = jax.devices()

@@ -18,6 +18,9 @@ from mi_contrast import train
 from helpers import mocked_tfds, no_network
 
 
+pytestmark = pytest.mark.slow   # every test imports TensorFlow
+
+
 @pytest.fixture(autouse=True)
 def _tensorflow_datasets():
   """Every test here needs tensorflow_datasets (and TensorFlow): imported when one runs, not when
@@ -63,7 +66,6 @@ def test_load_dataset_reads_a_mocked_split(preset, monkeypatch, tmp_path):
   assert len(mean) == len(std) == 3 and all(0.0 < m < 1.0 for m in mean)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["cifar10", "cifar100", "stl10"])
 def test_preset_trains_a_few_steps(preset, monkeypatch, tmp_path):
   config = tiny_preset(preset, tmp_path / "tfds")
@@ -98,7 +100,6 @@ def test_missing_dataset_fails_at_once_with_the_command_that_prepares_it(monkeyp
   assert "--config.download=True" in message
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("split,factor", [("unlabelled", 1), ("train+unlabelled", 2)])
 def test_stl10_pretrains_on_the_unlabelled_split(split, factor, monkeypatch, tmp_path):
   config = tiny_preset("stl10", tmp_path / "tfds")

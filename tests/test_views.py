@@ -12,7 +12,11 @@ import pytest
 import scipy.ndimage
 import skimage.color
 
-from mi_contrast import views
+from jitted import jitted
+
+from mi_contrast import views as views_module
+
+views = jitted(views_module)
 
 RNG = np.random.default_rng(0)
 
