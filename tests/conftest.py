@@ -91,6 +91,7 @@ FILE_ORDER = (
     "test_export.py",                # 19
     "test_views_transformations.py", # 18
     "test_small_fixes.py",           # 17
+    "test_in_place_update.py",       # 17
     "test_views.py",                 # 16
     "test_custom_method.py",         # 12
     "test_evaluation_cli.py",        # 11
