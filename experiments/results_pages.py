@@ -36,6 +36,7 @@ METHODS = BENCH + "methods_digits.jsonl"
 STUDY_10 = "experiments/results/negatives_study_fashion_mnist.json"
 STUDY_30 = "experiments/results/negatives_study_fashion_mnist_30ep.json"
 STUDY_VALIDATION = "experiments/results/negatives_study_validation.json"
+STUDY_WEIGHTS = "experiments/results/negatives_study_fashion_mnist_weights.json"
 CURVE = "experiments/results/fashion_ring_curve.json"
 # The Fashion-MNIST preset's runs: results.json of `configs/ring.py:fashion_mnist`, copied
 # under the seed's name (results.json does not hold the seed; the file name does).
@@ -773,7 +774,7 @@ PAGES = {
         "ir-pairs-10": study_ir_pairs, "false-negatives-10": false_negatives_block(STUDY_10),
         "study-30": study_block(STUDY_30), "seeds-30": study_seeds_block(STUDY_30),
         "false-negatives-30": false_negatives_block(STUDY_30),
-        "validation": study_block(STUDY_VALIDATION)},
+        "validation": study_block(STUDY_VALIDATION), "weights-10": study_block(STUDY_WEIGHTS)},
     "docs/results/methods.md": {"methods": methods_table},
     "docs/benchmarks.md": {
         "ring-speed": from_record(BENCH + "ring_speed.json", bench_ring_speed),
