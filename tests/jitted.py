@@ -23,7 +23,7 @@ def _array(value):
   return isinstance(value, (np.ndarray, np.generic, jax.Array))
 
 
-class jitted:  # noqa: N801 (used like a module)
+class jitted:
   """A module whose functions are called under jax.jit. A call without an array argument, or with
   one that is neither an array nor static (a list, a dict, a function), runs plainly."""
 
